@@ -1,0 +1,1 @@
+//! The faultline/v1 experiment model.
