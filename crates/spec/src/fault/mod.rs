@@ -1,0 +1,116 @@
+//! The fault catalogue: one variant per fault kind, each with typed parameters.
+//! Adding a kind starts here (see docs/adding-a-fault.md).
+
+pub mod db;
+pub mod gpu;
+pub mod http;
+pub mod network;
+pub mod process;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use db::*;
+pub use gpu::*;
+pub use http::*;
+pub use network::*;
+pub use process::*;
+
+/// A fault and its parameters, written `{ kind: { parameters } }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub enum FaultSpec {
+    #[serde(rename = "network.latency")]
+    NetworkLatency(NetworkLatency),
+    #[serde(rename = "network.drop")]
+    NetworkDrop(NetworkDrop),
+    #[serde(rename = "network.bandwidth")]
+    NetworkBandwidth(NetworkBandwidth),
+    #[serde(rename = "network.loss")]
+    NetworkLoss(NetworkLoss),
+    #[serde(rename = "network.partition")]
+    NetworkPartition(NetworkPartition),
+    #[serde(rename = "http.error")]
+    HttpError(HttpError),
+    #[serde(rename = "http.delay")]
+    HttpDelay(HttpDelay),
+    #[serde(rename = "db.lock")]
+    DbLock(DbLock),
+    #[serde(rename = "gpu.unavailable")]
+    GpuUnavailable(GpuUnavailable),
+    #[serde(rename = "gpu.slow")]
+    GpuSlow(GpuSlow),
+    #[serde(rename = "gpu.memory_hog")]
+    GpuMemoryHog(GpuMemoryHog),
+    #[serde(rename = "gpu.compute_hog")]
+    GpuComputeHog(GpuComputeHog),
+    #[serde(rename = "gpu.device_deny")]
+    GpuDeviceDeny(GpuDeviceDeny),
+    #[serde(rename = "process.pause")]
+    ProcessPause(ProcessPause),
+    #[serde(rename = "process.kill")]
+    ProcessKill(ProcessKill),
+}
+
+impl FaultSpec {
+    /// Every kind, as written in experiments.
+    pub const KINDS: &'static [&'static str] = &[
+        "network.latency",
+        "network.drop",
+        "network.bandwidth",
+        "network.loss",
+        "network.partition",
+        "http.error",
+        "http.delay",
+        "db.lock",
+        "gpu.unavailable",
+        "gpu.slow",
+        "gpu.memory_hog",
+        "gpu.compute_hog",
+        "gpu.device_deny",
+        "process.pause",
+        "process.kill",
+    ];
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FaultSpec::NetworkLatency(_) => "network.latency",
+            FaultSpec::NetworkDrop(_) => "network.drop",
+            FaultSpec::NetworkBandwidth(_) => "network.bandwidth",
+            FaultSpec::NetworkLoss(_) => "network.loss",
+            FaultSpec::NetworkPartition(_) => "network.partition",
+            FaultSpec::HttpError(_) => "http.error",
+            FaultSpec::HttpDelay(_) => "http.delay",
+            FaultSpec::DbLock(_) => "db.lock",
+            FaultSpec::GpuUnavailable(_) => "gpu.unavailable",
+            FaultSpec::GpuSlow(_) => "gpu.slow",
+            FaultSpec::GpuMemoryHog(_) => "gpu.memory_hog",
+            FaultSpec::GpuComputeHog(_) => "gpu.compute_hog",
+            FaultSpec::GpuDeviceDeny(_) => "gpu.device_deny",
+            FaultSpec::ProcessPause(_) => "process.pause",
+            FaultSpec::ProcessKill(_) => "process.kill",
+        }
+    }
+
+    /// The family, the part before the dot: `network`, `http`, `db`, `gpu`, `process`.
+    pub fn family(&self) -> &'static str {
+        let kind = self.kind();
+        kind.split_once('.').map_or(kind, |(family, _)| family)
+    }
+
+    /// Builds a fault from its kind and a JSON parameter object, as the agent API
+    /// receives it (`{"kind": "process.pause", "params": {"pid": 4242}}`).
+    pub fn from_kind_and_params(
+        kind: &str,
+        params: serde_json::Value,
+    ) -> Result<FaultSpec, serde_json::Error> {
+        use serde::de::IntoDeserializer;
+        let mut map = serde_json::Map::new();
+        map.insert(kind.to_owned(), params);
+        let value = serde_json::Value::Object(map);
+        serde_yaml::with::singleton_map::deserialize(value.into_deserializer())
+    }
+}
+
+fn hundred_percent() -> crate::units::Percent {
+    crate::units::Percent::HUNDRED
+}
