@@ -1,16 +1,127 @@
-//! Command-line front end. The only module allowed to print.
+//! Command-line front end: argument parsing, output formats and exit codes. The
+//! only module allowed to print.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod plan;
+mod validate;
+
+use std::io::Write as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
-/// Chaos engineering for services that sell an SLA.
+/// Exit codes, stable for CI gates. `run` adds 1 (hypothesis failed), 3 (aborted,
+/// reverted) and 4 (revert unconfirmed); see DESIGN.md.
+pub mod exit {
+    /// Every hypothesis held / the input is valid.
+    pub const OK: u8 = 0;
+    /// Invalid input; nothing was injected.
+    pub const INVALID: u8 = 2;
+}
+
+/// Chaos engineering for services that sell an SLA: run YAML experiments through
+/// per-host agents, check availability and tail latency before, during and after
+/// the faults, and revert every fault, always.
 #[derive(Debug, Parser)]
-#[command(name = "faultline", version, about)]
-struct Cli {}
+#[command(name = "faultline", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// For people: diagnostics with source snippets, tables.
+    Text,
+    /// For machines: one JSON document on stdout.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Parse and check experiments; nothing runs. Exit 0 valid, 2 invalid.
+    Validate {
+        /// Experiment files.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Show resolved targets, the timeline of fault windows and the blast radius;
+    /// nothing runs. Exit 0, or 2 on invalid input.
+    Plan {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Agents and their labels (YAML); without it only `agents: [local]` resolves.
+        #[arg(long, value_name = "F")]
+        inventory: Option<PathBuf>,
+        /// Seed for `count(n)` and `percent(p)` selection; the same seed picks the
+        /// same agents.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Print the JSON Schema (draft 2020-12) of the experiment format.
+    Schema,
+    /// Print shell completions.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout.
+    #[command(hide = true)]
+    Manpage,
+}
 
 pub fn main() -> ExitCode {
-    let _cli = Cli::parse();
-    ExitCode::SUCCESS
+    let cli = Cli::parse();
+    init_tracing();
+    let code = match cli.command {
+        Command::Validate { files, output } => validate::run(&files, output),
+        Command::Plan {
+            file,
+            inventory,
+            seed,
+            output,
+        } => plan::run(&file, inventory.as_deref(), seed, output),
+        Command::Schema => print_json(&faultline_spec::schema::experiment_schema()),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "faultline",
+                &mut std::io::stdout(),
+            );
+            Ok(exit::OK)
+        }
+        Command::Manpage => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .map(|()| exit::OK)
+            .map_err(anyhow::Error::from),
+    };
+    match code {
+        Ok(c) => ExitCode::from(c),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit::INVALID)
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FAULTLINE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<u8> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(exit::OK)
 }
