@@ -43,7 +43,13 @@ pub fn run(file: &Path, inventory: Option<&Path>, seed: u64, output: Output) -> 
             let map = SourceMap::parse(&text);
             let mut report = Report::new(&name, &text);
             for e in errors {
-                report.push(Severity::Error, map.locate(&e.path), e.path.to_string(), e.message, None);
+                report.push(
+                    Severity::Error,
+                    map.locate(&e.path),
+                    e.path.to_string(),
+                    e.message,
+                    None,
+                );
             }
             eprint!("{}", report.render());
             return Ok(exit::INVALID);

@@ -166,18 +166,35 @@ fn usage_errors_exit_2() {
 #[test]
 fn plan_resolves_targets_and_draws_the_timeline() {
     let out = faultline()
-        .args(["plan", "experiments/game-day.yaml", "--inventory", "agents/inventory.example.yaml", "--seed", "3"])
+        .args([
+            "plan",
+            "experiments/game-day.yaml",
+            "--inventory",
+            "agents/inventory.example.yaml",
+            "--seed",
+            "3",
+        ])
         .output()
         .expect("runs");
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("gpu-workers"));
-    assert!(text.contains("1 of 4 matched"), "percent(25) of 4 gpu workers is one: {text}");
+    assert!(
+        text.contains("1 of 4 matched"),
+        "percent(25) of 4 gpu workers is one: {text}"
+    );
     assert!(text.contains("|#"), "a Gantt bar: {text}");
     assert!(text.contains("agents affected"));
     // Reproducible: the same seed picks the same agents.
     let again = faultline()
-        .args(["plan", "experiments/game-day.yaml", "--inventory", "agents/inventory.example.yaml", "--seed", "3"])
+        .args([
+            "plan",
+            "experiments/game-day.yaml",
+            "--inventory",
+            "agents/inventory.example.yaml",
+            "--seed",
+            "3",
+        ])
         .output()
         .expect("runs");
     assert_eq!(out.stdout, again.stdout);
@@ -187,13 +204,29 @@ fn plan_resolves_targets_and_draws_the_timeline() {
 fn plan_every_shipped_experiment_against_the_example_inventory() {
     for exp in files("experiments", "yaml") {
         let out = faultline()
-            .args(["plan", "--output", "json", "--inventory", "agents/inventory.example.yaml"])
+            .args([
+                "plan",
+                "--output",
+                "json",
+                "--inventory",
+                "agents/inventory.example.yaml",
+            ])
             .arg(rel(&exp))
             .output()
             .expect("runs");
-        assert_eq!(out.status.code(), Some(0), "{}: {}", rel(&exp), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}: {}",
+            rel(&exp),
+            String::from_utf8_lossy(&out.stderr)
+        );
         let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
-        assert!(plan["blast_radius"]["agents_affected"].as_u64().is_some_and(|n| n >= 1));
+        assert!(
+            plan["blast_radius"]["agents_affected"]
+                .as_u64()
+                .is_some_and(|n| n >= 1)
+        );
     }
 }
 
@@ -201,22 +234,35 @@ fn plan_every_shipped_experiment_against_the_example_inventory() {
 fn plan_rejects_unknown_agents_with_a_location() {
     let dir = tempfile::tempdir().expect("tempdir");
     let inv = dir.path().join("inv.yaml");
-    std::fs::write(&inv, "agents:\n  db-2: { url: \"https://127.0.0.1:7600\", labels: { role: db } }\n").expect("write");
+    std::fs::write(
+        &inv,
+        "agents:\n  db-2: { url: \"https://127.0.0.1:7600\", labels: { role: db } }\n",
+    )
+    .expect("write");
     faultline()
         .args(["plan", "experiments/db-lock.yaml", "--inventory"])
         .arg(&inv)
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("experiments/db-lock.yaml:8:18: error: unknown agent `db-1`"));
+        .stderr(predicate::str::contains(
+            "experiments/db-lock.yaml:8:18: error: unknown agent `db-1`",
+        ));
     // Without an inventory only `local` resolves.
-    faultline().args(["plan", "experiments/quickstart.yaml"]).assert().code(0);
+    faultline()
+        .args(["plan", "experiments/quickstart.yaml"])
+        .assert()
+        .code(0);
 }
 
 #[test]
 fn plan_rejects_a_bad_inventory_with_a_location() {
     let dir = tempfile::tempdir().expect("tempdir");
     let inv = dir.path().join("inv.yaml");
-    std::fs::write(&inv, "agents:\n  db-1: { url: \"https://127.0.0.1:7600\", lables: { role: db } }\n").expect("write");
+    std::fs::write(
+        &inv,
+        "agents:\n  db-1: { url: \"https://127.0.0.1:7600\", lables: { role: db } }\n",
+    )
+    .expect("write");
     faultline()
         .args(["plan", "experiments/db-lock.yaml", "--inventory"])
         .arg(&inv)
@@ -224,5 +270,11 @@ fn plan_rejects_a_bad_inventory_with_a_location() {
         .code(2)
         .stderr(predicate::str::contains("inv.yaml:2:"))
         .stderr(predicate::str::contains("unknown key `lables`"));
-    faultline().args(["plan", "crates/spec/tests/fixtures/invalid/10-unknown-fault.yaml"]).assert().code(2);
+    faultline()
+        .args([
+            "plan",
+            "crates/spec/tests/fixtures/invalid/10-unknown-fault.yaml",
+        ])
+        .assert()
+        .code(2);
 }

@@ -67,13 +67,18 @@ pub fn plan(exp: &Experiment, inv: &Inventory, seed: u64) -> Result<Plan, Vec<Se
             name: s.name.clone(),
             kind: s.fault.kind(),
             target: s.target.clone(),
-            agents: selections.get(&s.target).map(|t| t.agents.clone()).unwrap_or_default(),
+            agents: selections
+                .get(&s.target)
+                .map(|t| t.agents.clone())
+                .unwrap_or_default(),
             start: s.start,
             end: s.end(),
         })
         .collect();
 
-    let uses_local = selections.values().any(|s| s.agents.iter().any(|a| a == LOCAL_AGENT));
+    let uses_local = selections
+        .values()
+        .any(|s| s.agents.iter().any(|a| a == LOCAL_AGENT));
     let agents_affected = steps
         .iter()
         .flat_map(|s| s.agents.iter().map(String::as_str))
@@ -82,9 +87,13 @@ pub fn plan(exp: &Experiment, inv: &Inventory, seed: u64) -> Result<Plan, Vec<Se
     // The peak is reached at some step's start: scan those instants.
     let (mut peak_faults, mut peak_agents) = (0, 0);
     for t in steps.iter().map(|s| s.start) {
-        let active: Vec<&PlannedStep> = steps.iter().filter(|s| s.start <= t && t < s.end).collect();
+        let active: Vec<&PlannedStep> =
+            steps.iter().filter(|s| s.start <= t && t < s.end).collect();
         let faults: usize = active.iter().map(|s| s.agents.len()).sum();
-        let agents: BTreeSet<&str> = active.iter().flat_map(|s| s.agents.iter().map(String::as_str)).collect();
+        let agents: BTreeSet<&str> = active
+            .iter()
+            .flat_map(|s| s.agents.iter().map(String::as_str))
+            .collect();
         peak_faults = peak_faults.max(faults);
         peak_agents = peak_agents.max(agents.len());
     }
@@ -119,7 +128,12 @@ pub fn plan(exp: &Experiment, inv: &Inventory, seed: u64) -> Result<Plan, Vec<Se
             // The agent's reaper runs every second.
             orphan_bound: Duration(lease.0 + std::time::Duration::from_secs(1)),
         },
-        abort_when: exp.safety.abort_when.iter().map(describe_condition).collect(),
+        abort_when: exp
+            .safety
+            .abort_when
+            .iter()
+            .map(describe_condition)
+            .collect(),
     })
 }
 
@@ -128,7 +142,12 @@ fn describe_condition(h: &faultline_spec::Hypothesis) -> String {
     if let Some(t) = &h.availability {
         parts.push(format!("availability {t}"));
     }
-    for (name, t) in [("p50", &h.p50), ("p90", &h.p90), ("p99", &h.p99), ("p999", &h.p999)] {
+    for (name, t) in [
+        ("p50", &h.p50),
+        ("p90", &h.p90),
+        ("p99", &h.p99),
+        ("p999", &h.p999),
+    ] {
         if let Some(t) = t {
             parts.push(format!("{name} {t}"));
         }
@@ -153,7 +172,13 @@ impl Plan {
         let _ = writeln!(out, "nothing runs: this is what `faultline run` would do\n");
 
         let _ = writeln!(out, "targets");
-        let tw = self.targets.iter().map(|t| t.target.len()).max().unwrap_or(0).max(6);
+        let tw = self
+            .targets
+            .iter()
+            .map(|t| t.target.len())
+            .max()
+            .unwrap_or(0)
+            .max(6);
         for t in &self.targets {
             let _ = writeln!(
                 out,
@@ -172,14 +197,25 @@ impl Plan {
             "\ntimeline  baseline {} -> faults 0s..{} -> recovery{}",
             self.baseline,
             self.fault_phase,
-            self.recovery_within.map(|r| format!(" within {r}")).unwrap_or_default()
+            self.recovery_within
+                .map(|r| format!(" within {r}"))
+                .unwrap_or_default()
         );
-        let nw = self.steps.iter().map(|s| s.name.len()).max().unwrap_or(0).max(4);
+        let nw = self
+            .steps
+            .iter()
+            .map(|s| s.name.len())
+            .max()
+            .unwrap_or(0)
+            .max(4);
         let kw = self.steps.iter().map(|s| s.kind.len()).max().unwrap_or(0);
         for s in &self.steps {
             let from = ((s.start.0.as_secs_f64() / end) * GANTT_WIDTH as f64).floor() as usize;
-            let to = (((s.end.0.as_secs_f64() / end) * GANTT_WIDTH as f64).ceil() as usize).clamp(from + 1, GANTT_WIDTH);
-            let bar: String = (0..GANTT_WIDTH).map(|i| if (from..to).contains(&i) { '#' } else { '.' }).collect();
+            let to = (((s.end.0.as_secs_f64() / end) * GANTT_WIDTH as f64).ceil() as usize)
+                .clamp(from + 1, GANTT_WIDTH);
+            let bar: String = (0..GANTT_WIDTH)
+                .map(|i| if (from..to).contains(&i) { '#' } else { '.' })
+                .collect();
             let _ = writeln!(
                 out,
                 "  {:nw$}  {:kw$}  |{bar}|  {} - {}  on {}",
@@ -192,14 +228,37 @@ impl Plan {
         }
 
         let b = &self.blast_radius;
-        let pct = if b.agents_known == 0 { 0.0 } else { 100.0 * b.agents_affected as f64 / b.agents_known as f64 };
+        let pct = if b.agents_known == 0 {
+            0.0
+        } else {
+            100.0 * b.agents_affected as f64 / b.agents_known as f64
+        };
         let _ = writeln!(out, "\nblast radius");
-        let _ = writeln!(out, "  agents affected     {} of {} ({pct:.0}%)", b.agents_affected, b.agents_known);
-        let _ = writeln!(out, "  at most at once     {} fault(s) on {} agent(s)", b.peak_faults, b.peak_agents);
-        let _ = writeln!(out, "  exposure            {:.0} agent-seconds of faults", b.agent_seconds);
-        let _ = writeln!(out, "  lease               {} (a dead controller leaves a fault for at most {})", self.lease, b.orphan_bound);
+        let _ = writeln!(
+            out,
+            "  agents affected     {} of {} ({pct:.0}%)",
+            b.agents_affected, b.agents_known
+        );
+        let _ = writeln!(
+            out,
+            "  at most at once     {} fault(s) on {} agent(s)",
+            b.peak_faults, b.peak_agents
+        );
+        let _ = writeln!(
+            out,
+            "  exposure            {:.0} agent-seconds of faults",
+            b.agent_seconds
+        );
+        let _ = writeln!(
+            out,
+            "  lease               {} (a dead controller leaves a fault for at most {})",
+            self.lease, b.orphan_bound
+        );
         if self.abort_when.is_empty() {
-            let _ = writeln!(out, "  abort when          (nothing: add safety.abort_when to stop early)");
+            let _ = writeln!(
+                out,
+                "  abort when          (nothing: add safety.abort_when to stop early)"
+            );
         }
         for (i, a) in self.abort_when.iter().enumerate() {
             let label = if i == 0 { "abort when" } else { "" };
@@ -218,7 +277,8 @@ mod tests {
         let text = include_str!("../../../experiments/quickstart.yaml");
         let loaded = faultline_spec::load("experiments/quickstart.yaml", text);
         let exp = loaded.experiment.expect("quickstart is valid");
-        let plan = plan(&exp, &Inventory::default(), 0).expect("local resolves without an inventory");
+        let plan =
+            plan(&exp, &Inventory::default(), 0).expect("local resolves without an inventory");
         assert_eq!(plan.blast_radius.agents_affected, 1);
         assert_eq!(plan.blast_radius.agents_known, 1);
         assert_eq!(plan.steps.len(), 4);
@@ -228,7 +288,9 @@ mod tests {
     #[test]
     fn peak_counts_overlapping_faults() {
         let text = include_str!("../../../experiments/network-latency.yaml");
-        let exp = faultline_spec::load("n.yaml", text).experiment.expect("valid");
+        let exp = faultline_spec::load("n.yaml", text)
+            .experiment
+            .expect("valid");
         let inv = Inventory::parse(
             "inv.yaml",
             "agents:\n  a1: { url: \"http://127.0.0.1:1\", labels: { role: api } }\n  a2: { url: \"http://127.0.0.1:2\", labels: { role: api } }\n  d1: { url: \"http://127.0.0.1:3\", labels: { role: db } }\n",

@@ -33,7 +33,11 @@ pub struct Selection {
 
 /// Resolves every target of `exp` against `inv`. Reports every target that fails,
 /// not only the first.
-pub fn resolve(exp: &Experiment, inv: &Inventory, seed: u64) -> Result<IndexMap<String, Selection>, Vec<SelectError>> {
+pub fn resolve(
+    exp: &Experiment,
+    inv: &Inventory,
+    seed: u64,
+) -> Result<IndexMap<String, Selection>, Vec<SelectError>> {
     let mut out = IndexMap::new();
     let mut errors = Vec::new();
     for (name, target) in &exp.targets {
@@ -45,7 +49,14 @@ pub fn resolve(exp: &Experiment, inv: &Inventory, seed: u64) -> Result<IndexMap<
                         let known = if inv.agents.is_empty() {
                             "the inventory is empty (pass --inventory)".to_owned()
                         } else {
-                            format!("the inventory has {}", inv.agents.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "))
+                            format!(
+                                "the inventory has {}",
+                                inv.agents
+                                    .keys()
+                                    .map(|k| format!("`{k}`"))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )
                         };
                         errors.push(SelectError {
                             path: path.key("agents").index(i),
@@ -83,7 +94,11 @@ pub fn resolve(exp: &Experiment, inv: &Inventory, seed: u64) -> Result<IndexMap<
             },
         );
     }
-    if errors.is_empty() { Ok(out) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
 }
 
 /// How many of `n` candidates a mode takes.
@@ -110,7 +125,9 @@ fn choose(candidates: &[String], mode: SelectMode, seed: u64, target: &str) -> V
 
 /// A hash that stays the same across Rust releases, unlike `DefaultHasher`.
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]
@@ -119,7 +136,12 @@ mod tests {
 
     fn inventory(n: usize) -> Inventory {
         let text: String = (0..n)
-            .map(|i| format!("  w{i}: {{ url: \"http://127.0.0.1:{}\", labels: {{ role: gpu-worker }} }}\n", 7600 + i))
+            .map(|i| {
+                format!(
+                    "  w{i}: {{ url: \"http://127.0.0.1:{}\", labels: {{ role: gpu-worker }} }}\n",
+                    7600 + i
+                )
+            })
             .collect();
         Inventory::parse("inv.yaml", &format!("agents:\n{text}  db-1: {{ url: \"http://127.0.0.1:7700\", labels: {{ role: db }} }}\n"))
             .expect("inventory parses")
@@ -130,7 +152,9 @@ mod tests {
             "version: faultline/v1\nname: t\ntargets:\n{targets}\nmethod:\n  - {{ name: s, target: t, fault: {{ process.pause: {{ pid: 1 }} }}, duration: 1s }}\n"
         );
         let loaded = faultline_spec::load("t.yaml", &text);
-        loaded.experiment.unwrap_or_else(|| panic!("{}", loaded.report.render()))
+        loaded
+            .experiment
+            .unwrap_or_else(|| panic!("{}", loaded.report.render()))
     }
 
     #[test]
@@ -151,7 +175,8 @@ mod tests {
     #[test]
     fn unknown_agents_and_empty_selectors_are_errors() {
         let inv = inventory(2);
-        let exp = experiment("  t: { agents: [w0, ghost, local] }\n  u: { selector: { role: nothing } }");
+        let exp =
+            experiment("  t: { agents: [w0, ghost, local] }\n  u: { selector: { role: nothing } }");
         let errs = resolve(&exp, &inv, 0).unwrap_err();
         assert_eq!(errs.len(), 2);
         assert_eq!(errs[0].path.to_string(), "targets.t.agents[1]");
