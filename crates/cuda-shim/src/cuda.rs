@@ -308,3 +308,29 @@ pub fn exported_symbols() -> impl Iterator<Item = &'static str> {
         .copied()
         .chain(["cuGetProcAddress", "cuGetProcAddress_v2"])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_base_name_fallback_points_at_an_export() {
+        let exports: Vec<&str> = exported_symbols().collect();
+        for (base, since, export) in BY_BASE_NAME {
+            assert!(
+                exports.contains(export),
+                "{base} -> {export} is not exported"
+            );
+            assert!(*since >= 2000 && *since < 13000, "{base}: {since}");
+            assert!(export.starts_with(base), "{base} -> {export}");
+        }
+    }
+
+    #[test]
+    fn wrappers_resolve_by_exported_name() {
+        for name in CudaFns::NAMES {
+            assert!(CudaFns::ours_by_name(name.as_bytes()).is_some(), "{name}");
+        }
+        assert!(CudaFns::ours_by_name(b"cuNotAThing").is_none());
+    }
+}
