@@ -5,7 +5,7 @@ use std::ffi::{CStr, c_char, c_int, c_uint, c_void};
 use std::sync::OnceLock;
 
 use crate::interpose::interpose;
-use crate::real::{CUDA_CANDIDATES, Library};
+use crate::real::{CUDA_CANDIDATES, Library, load_once};
 
 pub(crate) type CUresult = c_uint;
 type CUdevice = c_int;
@@ -85,7 +85,7 @@ struct Cuda {
 static CUDA: OnceLock<Option<Cuda>> = OnceLock::new();
 
 fn cuda() -> Option<&'static Cuda> {
-    CUDA.get_or_init(|| {
+    load_once(&CUDA, || {
         let lib = Library::find(REAL_LIBCUDA_ENV, CUDA_CANDIDATES)?;
         // SAFETY: null or the real cuGetProcAddress, whose C signature (CUDA 11.3)
         // is GetProcAddressV1; null becomes None.
@@ -108,7 +108,6 @@ fn cuda() -> Option<&'static Cuda> {
             _lib: lib,
         })
     })
-    .as_ref()
 }
 
 fn cuda_fns() -> Option<&'static CudaFns> {

@@ -5,7 +5,7 @@ use std::ffi::{c_char, c_uint, c_void};
 use std::sync::OnceLock;
 
 use crate::interpose::interpose;
-use crate::real::{Library, NVML_CANDIDATES};
+use crate::real::{Library, NVML_CANDIDATES, load_once};
 
 type NvmlReturn = c_uint;
 type Device = *mut c_void;
@@ -53,7 +53,7 @@ struct Nvml {
 static NVML: OnceLock<Option<Nvml>> = OnceLock::new();
 
 fn nvml() -> Option<&'static Nvml> {
-    NVML.get_or_init(|| {
+    load_once(&NVML, || {
         let lib = Library::find(REAL_LIBNVML_ENV, NVML_CANDIDATES)?;
         // SAFETY: null or the real nvmlErrorString, `const char *(nvmlReturn_t)`.
         let error_string = unsafe {
@@ -65,7 +65,6 @@ fn nvml() -> Option<&'static Nvml> {
             _lib: lib,
         })
     })
-    .as_ref()
 }
 
 fn nvml_fns() -> Option<&'static NvmlFns> {

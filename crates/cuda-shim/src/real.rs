@@ -6,7 +6,9 @@
 //! the SONAME variant installed as `libcuda.so.1`, a search by name would
 //! otherwise find the shim itself and forward to itself forever.
 
+use std::cell::Cell;
 use std::ffi::{CStr, CString, c_void};
+use std::sync::OnceLock;
 
 /// Exported by every build of the shim; never by a real driver.
 pub(crate) const MARKER: &CStr = c"faultline_cuda_shim_marker";
@@ -81,4 +83,29 @@ impl Library {
         // SAFETY: a live handle and a NUL-terminated name.
         unsafe { libc::dlsym(self.0, name.as_ptr()) }
     }
+}
+
+thread_local! {
+    /// Set while this thread is loading a real library.
+    static LOADING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// `cell.get_or_init(load)`, except that a call made on the same thread while
+/// `load` runs (a real library whose constructor calls back into an exported
+/// entry point) gets `None` ("no library") instead of re-entering the
+/// `OnceLock`, which would deadlock the host process.
+pub(crate) fn load_once<T>(
+    cell: &'static OnceLock<Option<T>>,
+    load: impl FnOnce() -> Option<T>,
+) -> Option<&'static T> {
+    if let Some(loaded) = cell.get() {
+        return loaded.as_ref();
+    }
+    if LOADING.with(Cell::get) {
+        return None;
+    }
+    LOADING.with(|l| l.set(true));
+    let loaded = cell.get_or_init(load);
+    LOADING.with(|l| l.set(false));
+    loaded.as_ref()
 }

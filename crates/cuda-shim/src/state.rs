@@ -349,7 +349,7 @@ fn snapshot_of(w: &Words) -> Option<Snapshot> {
     None
 }
 
-/// Nanoseconds since the Unix epoch, 0 if the clock is before it.
+/// Nanoseconds since the Unix epoch (`None` before it; saturates in 2554).
 pub fn unix_ns(t: SystemTime) -> Option<u64> {
     t.duration_since(UNIX_EPOCH)
         .ok()

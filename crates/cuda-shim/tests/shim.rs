@@ -703,6 +703,30 @@ fn an_unusable_state_file_means_pass_through() {
 }
 
 #[test]
+fn a_driver_calling_back_while_being_loaded_neither_hangs_nor_aborts() {
+    let t = Target::new();
+    // Preloaded, so the shim is in the global scope the fake's constructor searches.
+    let mut cmd = t.command(Via::PreloadSoname, &[]);
+    cmd.env("FAKE_CUDA_CTOR_CALLBACK", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("spawn drvtest");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait drvtest") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("drvtest hung while the shim loaded a driver that calls back");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "{status}");
+}
+
+#[test]
 fn a_missing_real_driver_looks_like_a_machine_without_one() {
     let t = Target::new();
     let mut cmd = t.command(Via::Soname, &[]);

@@ -793,6 +793,42 @@ pub unsafe extern "C" fn cuGetProcAddress_v2(
     if found.is_some() { SUCCESS } else { NOT_FOUND }
 }
 
+// === a constructor that calls back into the driver API ===
+
+/// With `FAKE_CUDA_CTOR_CALLBACK=1`, the fake's load-time constructor calls
+/// `cuDeviceGetCount` through the global symbol scope, as a driver (or a library
+/// it loads) might. Under the shim that call arrives while the shim is still
+/// dlopening the fake: the shim must neither deadlock nor abort.
+extern "C" fn ctor_callback() {
+    if std::env::var_os("FAKE_CUDA_CTOR_CALLBACK").is_none() {
+        return;
+    }
+    // The main program's handle: its lookups search the global scope (program,
+    // preloads), unaffected by this library's own -Bsymbolic binding, which
+    // would make RTLD_DEFAULT find our own cuDeviceGetCount first.
+    // SAFETY: dlopen(NULL) returns the main program's handle.
+    let main = unsafe { libc::dlopen(std::ptr::null(), libc::RTLD_NOW) };
+    if main.is_null() {
+        return;
+    }
+    // SAFETY: a live handle and a NUL-terminated name.
+    let f = unsafe { libc::dlsym(main, c"cuDeviceGetCount".as_ptr()) };
+    if f.is_null() {
+        return;
+    }
+    // SAFETY: the global cuDeviceGetCount has this C signature.
+    let f = unsafe {
+        std::mem::transmute::<*mut c_void, unsafe extern "C" fn(*mut c_int) -> CUresult>(f)
+    };
+    let mut n = 0;
+    // SAFETY: a valid out-pointer.
+    unsafe { f(&mut n) };
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static CTOR_CALLBACK: extern "C" fn() = ctor_callback;
+
 // === NVML ===
 
 type NvmlReturn = c_uint;
