@@ -668,10 +668,12 @@ fn slow_delays_launches_and_syncs_and_still_succeeds() {
     );
     let slow = t.run(Via::Soname, &["4"]);
     slow.assert_all_ok("slow");
-    // 4 rounds of launch + stream sync + context sync = 12 delayed calls.
+    // 4 rounds of launch + stream sync + context sync = 12 delayed calls. Sleeps
+    // are lower bounds, so this holds on a loaded machine; a comparison with the
+    // baseline's time would not.
     assert!(
-        slow.elapsed >= base.elapsed + Duration::from_millis(550),
-        "slow {:?} vs base {:?}",
+        slow.elapsed >= Duration::from_millis(600),
+        "slow run took {:?} (baseline {:?})",
         slow.elapsed,
         base.elapsed
     );
