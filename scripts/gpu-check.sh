@@ -72,6 +72,11 @@ mkdir -p "$work/lib"
 ln -s "$shim" "$work/lib/libcuda.so.1"
 ln -s "$shim" "$work/lib/libcuda.so"
 ln -s "$shim" "$work/lib/libnvidia-ml.so.1"
+# The SONAME build's dependencies (next to it, $ORIGIN): the real libraries, so
+# entry points the shim does not wrap still resolve.
+ln -s "$real_cuda" "$work/lib/libfaultline-real-cuda.so.1"
+ln -s "$real_nvml" "$work/lib/libfaultline-real-nvml.so.1"
+shim="$work/lib/libcuda.so.1"
 state="$work/gpu.state"
 "$state_tool" init "$state"
 

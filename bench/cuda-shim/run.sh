@@ -13,6 +13,13 @@ state_tool="$target_dir/faultline-gpu-state"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 cc -O2 -o "$tmp/bench" bench/cuda-shim/bench.c -ldl
+# Installed as gpu-check.sh and docs/gpu.md do: libcuda.so.1 -> the SONAME build,
+# its real-driver dependency -> the fake driver, side by side ($ORIGIN).
+mkdir "$tmp/lib"
+ln -s "$shim" "$tmp/lib/libcuda.so.1"
+ln -s "$fake" "$tmp/lib/libfaultline-real-cuda.so.1"
+ln -s "$fake" "$tmp/lib/libfaultline-real-nvml.so.1"
+shim="$tmp/lib/libcuda.so.1"
 state="$tmp/gpu.state"
 "$state_tool" init "$state"
 

@@ -15,6 +15,9 @@ pub(crate) const MARKER: &CStr = c"faultline_cuda_shim_marker";
 
 /// Where distributions and containers put the real libraries.
 pub(crate) const CUDA_CANDIDATES: &[&str] = &[
+    // The SONAME build's own dependency (see crates/cuda-shim-soname/build.rs):
+    // already loaded, so this names exactly the driver the installer chose.
+    "libfaultline-real-cuda.so.1",
     "/usr/lib/x86_64-linux-gnu/libcuda.so.1",
     "/usr/lib64/libcuda.so.1",
     "/usr/lib/aarch64-linux-gnu/libcuda.so.1",
@@ -24,6 +27,7 @@ pub(crate) const CUDA_CANDIDATES: &[&str] = &[
     "libcuda.so.1",
 ];
 pub(crate) const NVML_CANDIDATES: &[&str] = &[
+    "libfaultline-real-nvml.so.1",
     "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1",
     "/usr/lib64/libnvidia-ml.so.1",
     "/usr/lib/aarch64-linux-gnu/libnvidia-ml.so.1",

@@ -89,6 +89,11 @@ fn build_fixture() -> Fixture {
     for name in ["libcuda.so.1", "libnvidia-ml.so.1"] {
         std::os::unix::fs::symlink(&soname, shim_dir.join(name)).expect("symlink");
     }
+    // The SONAME build's dependencies, found next to it ($ORIGIN): the real
+    // libraries, here the fake.
+    for name in ["libfaultline-real-cuda.so.1", "libfaultline-real-nvml.so.1"] {
+        std::os::unix::fs::symlink(&fake, shim_dir.join(name)).expect("symlink");
+    }
 
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/drvtest.c");
     let drvtest = dir.path().join("drvtest");
@@ -196,12 +201,13 @@ impl Target {
 
 fn command(via: Via, state: Option<&Path>, args: &[&str]) -> Command {
     let f = fixture();
+    let soname_installed = f.shim_dir.join("libcuda.so.1");
     let (program, lib_dir, preload) = match via {
         Via::Fake => (&f.drvtest, &f.fake_dir, None),
         Via::Soname | Via::SonameDlsym => (&f.drvtest, &f.shim_dir, None),
         Via::PreloadLinked => (&f.drvtest_direct, &f.fake_dir, Some(&f.shim)),
         Via::PreloadDlopen => (&f.drvtest, &f.fake_dir, Some(&f.shim)),
-        Via::PreloadSoname => (&f.drvtest, &f.fake_dir, Some(&f.soname)),
+        Via::PreloadSoname => (&f.drvtest, &f.fake_dir, Some(&soname_installed)),
     };
     let mode = match via {
         Via::PreloadLinked => "direct",
@@ -419,6 +425,19 @@ fn soname(lib: &Path) -> Option<String> {
     Some(line.split('[').nth(1)?.trim_end_matches(']').to_string())
 }
 
+fn needed(lib: &Path) -> Vec<String> {
+    let out = Command::new("readelf")
+        .arg("-d")
+        .arg(lib)
+        .output()
+        .expect("run readelf (binutils)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("(NEEDED)"))
+        .filter_map(|l| Some(l.split('[').nth(1)?.trim_end_matches(']').to_string()))
+        .collect()
+}
+
 #[test]
 fn both_builds_export_every_entry_point() {
     let f = fixture();
@@ -435,6 +454,13 @@ fn both_builds_export_every_entry_point() {
         assert!(syms.iter().any(|s| s == "faultline_cuda_shim_marker"));
     }
     assert_eq!(soname(&f.soname).as_deref(), Some("libcuda.so.1"));
+    let needed = needed(&f.soname);
+    for dep in ["libfaultline-real-cuda.so.1", "libfaultline-real-nvml.so.1"] {
+        assert!(
+            needed.iter().any(|n| n == dep),
+            "SONAME build lacks {dep}: {needed:?}"
+        );
+    }
     assert_eq!(soname(&f.shim), None);
     assert_eq!(soname(&f.fake).as_deref(), Some("libcuda.so.1"));
 }
@@ -533,6 +559,28 @@ fn soname_build_catches_dlopen_users_that_plain_preload_misses() {
     // bypasses a preloaded library that is not libcuda.so.1.
     t.run(Via::PreloadDlopen, &[])
         .assert_all_ok("plain preload, dlopen user");
+}
+
+#[test]
+fn unwrapped_entry_points_still_reach_the_driver() {
+    let mut t = Target::new();
+    // out_of_memory leaves cuInit alone, so the fake driver is initialised.
+    t.unavailable(GpuError::OutOfMemory);
+    for via in [
+        Via::Soname,
+        Via::SonameDlsym,
+        Via::PreloadSoname,
+        Via::PreloadLinked,
+    ] {
+        let r = t.run(via, &[]);
+        assert_eq!(
+            r.code("unwrapped:cuDevicePrimaryCtxGetState"),
+            0,
+            "{via:?}: dlsym/cuGetProcAddress of an entry point the shim does not wrap\n{}",
+            r.text
+        );
+        assert_eq!(r.code("cuMemAlloc"), 2, "{via:?}");
+    }
 }
 
 #[test]

@@ -212,6 +212,29 @@ pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) -
     unsafe { put(bytes, TOTAL_MEM) }
 }
 
+/// Not wrapped by the shim: tests use it to show that unwrapped entry points
+/// still reach the driver through the shim's SONAME build.
+///
+/// # Safety
+/// `flags` and `active` are valid for writes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuDevicePrimaryCtxGetState(
+    dev: CUdevice,
+    flags: *mut c_uint,
+    active: *mut c_int,
+) -> CUresult {
+    if let Err(e) = device(dev) {
+        return e;
+    }
+    // SAFETY: caller's contract.
+    let rc = unsafe { put(flags, 0) };
+    if rc != SUCCESS {
+        return rc;
+    }
+    // SAFETY: caller's contract.
+    unsafe { put(active, 1) }
+}
+
 // === driver: contexts ===
 
 /// # Safety
@@ -725,6 +748,7 @@ fn proc_address(name: &[u8]) -> Option<*mut c_void> {
         b"cuCtxCreate" | b"cuCtxCreate_v2" => cuCtxCreate_v2: F3<*mut Handle, c_uint, CUdevice>,
         b"cuCtxDestroy" | b"cuCtxDestroy_v2" => cuCtxDestroy_v2: F1<Handle>,
         b"cuDevicePrimaryCtxRetain" => cuDevicePrimaryCtxRetain: F2<*mut Handle, CUdevice>,
+        b"cuDevicePrimaryCtxGetState" => cuDevicePrimaryCtxGetState: F3<CUdevice, *mut c_uint, *mut c_int>,
         b"cuDevicePrimaryCtxRelease" | b"cuDevicePrimaryCtxRelease_v2" => cuDevicePrimaryCtxRelease_v2: F1<CUdevice>,
         b"cuCtxSetCurrent" => cuCtxSetCurrent: F1<Handle>,
         b"cuCtxGetCurrent" => cuCtxGetCurrent: F1<*mut Handle>,
