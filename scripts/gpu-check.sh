@@ -2,10 +2,10 @@
 # gpu-check.sh: the cuda-shim checks against a real NVIDIA GPU (the CI tests use
 # a fake driver; this is for a machine that has one).
 #
-# It builds the shim, installs its SONAME build as libcuda.so.1 and
+# It builds the shim, installs its SONAME builds as libcuda.so.1 and
 # libnvidia-ml.so.1 in a private directory, and runs a PyTorch (default) or CuPy
 # matmul loop in a venv with that directory first on LD_LIBRARY_PATH (plus
-# LD_PRELOAD for programs linked against libcuda), flipping the state file with
+# LD_PRELOAD of both SONAME builds), flipping the state file with
 # faultline-gpu-state:
 #
 #   1. nvidia-smi sees the GPU; the real driver and NVML are found
@@ -64,19 +64,21 @@ echo "real driver: $real_cuda; real NVML: $real_nvml"
 pass "1 nvidia-smi lists the GPU; real libraries found"
 
 # --- build and install the shim --------------------------------------------
-(cd "$root" && cargo build --quiet --release -p faultline-cuda-shim -p faultline-cuda-shim-soname)
+(cd "$root" && cargo build --quiet --release -p faultline-cuda-shim \
+    -p faultline-cuda-shim-soname -p faultline-nvml-shim-soname)
 target="${CARGO_TARGET_DIR:-$root/target}/release"
 shim="$target/libfaultline_cuda_shim_soname.so"
+nvml_shim="$target/libfaultline_nvml_shim_soname.so"
 state_tool="$target/faultline-gpu-state"
 mkdir -p "$work/lib"
 ln -s "$shim" "$work/lib/libcuda.so.1"
 ln -s "$shim" "$work/lib/libcuda.so"
-ln -s "$shim" "$work/lib/libnvidia-ml.so.1"
-# The SONAME build's dependencies (next to it, $ORIGIN): the real libraries, so
-# entry points the shim does not wrap still resolve.
+ln -s "$nvml_shim" "$work/lib/libnvidia-ml.so.1"
+# The SONAME builds' dependencies (next to them, $ORIGIN): the real libraries,
+# so entry points the shim does not wrap still resolve.
 ln -s "$real_cuda" "$work/lib/libfaultline-real-cuda.so.1"
 ln -s "$real_nvml" "$work/lib/libfaultline-real-nvml.so.1"
-shim="$work/lib/libcuda.so.1"
+preload="$work/lib/libcuda.so.1 $work/lib/libnvidia-ml.so.1"
 state="$work/gpu.state"
 "$state_tool" init "$state"
 
@@ -143,7 +145,7 @@ PY
 
 shimmed() {
     env LD_LIBRARY_PATH="$work/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
-        LD_PRELOAD="$shim" \
+        LD_PRELOAD="$preload" \
         FAULTLINE_GPU_STATE="$state" \
         FAULTLINE_REAL_LIBCUDA="$real_cuda" \
         FAULTLINE_REAL_LIBNVML="$real_nvml" "$@"

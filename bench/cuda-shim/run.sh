@@ -18,7 +18,6 @@ cc -O2 -o "$tmp/bench" bench/cuda-shim/bench.c -ldl
 mkdir "$tmp/lib"
 ln -s "$shim" "$tmp/lib/libcuda.so.1"
 ln -s "$fake" "$tmp/lib/libfaultline-real-cuda.so.1"
-ln -s "$fake" "$tmp/lib/libfaultline-real-nvml.so.1"
 shim="$tmp/lib/libcuda.so.1"
 state="$tmp/gpu.state"
 "$state_tool" init "$state"

@@ -1,7 +1,6 @@
-//! Links the shim as `libcuda.so.1` (SONAME) with two dependencies that stand
-//! for the real libraries: `libfaultline-real-cuda.so.1` and
-//! `libfaultline-real-nvml.so.1`, found next to the shim ($ORIGIN) where the
-//! installer symlinks them to the real libcuda.so.1 and libnvidia-ml.so.1.
+//! Links the shim as `libcuda.so.1` (SONAME) with a dependency that stands for
+//! the real driver: `libfaultline-real-cuda.so.1`, found next to the shim
+//! ($ORIGIN) where the installer symlinks it to the real libcuda.so.1.
 //!
 //! Why: a runtime that dlopens libcuda.so.1 gets the shim, and `dlsym` on that
 //! handle searches the shim and then its dependencies. Entry points the shim
@@ -10,8 +9,10 @@
 //! libcuda.so.1 when the shim is preloaded: its dependencies join the global
 //! scope after it.
 //!
-//! The two stand-ins are empty shared objects built here with `cc`; only their
-//! SONAMEs matter (they become the DT_NEEDED entries).
+//! The stand-in is an empty shared object built here with `cc`; only its SONAME
+//! matters (it becomes the DT_NEEDED entry). NVML is not a dependency here: a
+//! loaded real NVML would answer every later dlopen("libnvidia-ml.so.1") by its
+//! SONAME, ahead of the shim's NVML build (crates/nvml-shim-soname).
 #![forbid(unsafe_code)]
 
 use std::path::Path;
@@ -35,10 +36,9 @@ fn stub(out: &Path, soname: &str) -> String {
 fn main() {
     let out = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
     let out = Path::new(&out);
-    let cuda = stub(out, "libfaultline-real-cuda.so.1");
-    let nvml = stub(out, "libfaultline-real-nvml.so.1");
+    let real = stub(out, "libfaultline-real-cuda.so.1");
     println!("cargo::rustc-cdylib-link-arg=-Wl,-soname,libcuda.so.1");
-    println!("cargo::rustc-cdylib-link-arg=-Wl,--no-as-needed,{cuda},{nvml},--as-needed");
+    println!("cargo::rustc-cdylib-link-arg=-Wl,--no-as-needed,{real},--as-needed");
     println!("cargo::rustc-cdylib-link-arg=-Wl,-rpath,$ORIGIN");
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-env-changed=CC");

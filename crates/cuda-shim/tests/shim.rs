@@ -25,10 +25,13 @@ struct Fixture {
     _dir: tempfile::TempDir,
     shim: PathBuf,
     soname: PathBuf,
+    nvml_soname: PathBuf,
     fake: PathBuf,
-    /// libcuda.so.1, libcuda.so, libnvidia-ml.so.1 -> the fake driver.
+    fake_nvml: PathBuf,
+    /// libcuda.so(.1) -> the fake driver, libnvidia-ml.so(.1) -> the fake NVML.
     fake_dir: PathBuf,
-    /// libcuda.so.1, libnvidia-ml.so.1 -> the SONAME build of the shim.
+    /// libcuda.so.1 and libnvidia-ml.so.1 -> the SONAME builds of the shim, and
+    /// their real-library dependencies -> the fakes.
     shim_dir: PathBuf,
     drvtest: PathBuf,
     drvtest_direct: PathBuf,
@@ -54,8 +57,9 @@ fn build_fixture() -> Fixture {
             "-p",
             "faultline-cuda-shim-soname",
             "-p",
-            "faultline-fake-cuda",
+            "faultline-nvml-shim-soname",
         ])
+        .args(["-p", "faultline-fake-cuda", "-p", "faultline-fake-nvml"])
         .current_dir(env!("CARGO_MANIFEST_DIR"));
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         cargo.arg("--release");
@@ -71,10 +75,12 @@ fn build_fixture() -> Fixture {
         assert!(p.exists(), "{} was not built", p.display());
         p
     };
-    let (shim, soname, fake) = (
+    let (shim, soname, nvml_soname, fake, fake_nvml) = (
         lib("libfaultline_cuda_shim.so"),
         lib("libfaultline_cuda_shim_soname.so"),
+        lib("libfaultline_nvml_shim_soname.so"),
         lib("libfaultline_fake_cuda.so"),
+        lib("libfaultline_fake_nvml.so"),
     );
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -83,16 +89,20 @@ fn build_fixture() -> Fixture {
     for d in [&fake_dir, &shim_dir] {
         std::fs::create_dir(d).expect("mkdir");
     }
-    for name in ["libcuda.so.1", "libcuda.so", "libnvidia-ml.so.1"] {
-        std::os::unix::fs::symlink(&fake, fake_dir.join(name)).expect("symlink");
-    }
-    for name in ["libcuda.so.1", "libnvidia-ml.so.1"] {
-        std::os::unix::fs::symlink(&soname, shim_dir.join(name)).expect("symlink");
-    }
-    // The SONAME build's dependencies, found next to it ($ORIGIN): the real
-    // libraries, here the fake.
-    for name in ["libfaultline-real-cuda.so.1", "libfaultline-real-nvml.so.1"] {
-        std::os::unix::fs::symlink(&fake, shim_dir.join(name)).expect("symlink");
+    let links = [
+        (&fake_dir, "libcuda.so.1", &fake),
+        (&fake_dir, "libcuda.so", &fake),
+        (&fake_dir, "libnvidia-ml.so.1", &fake_nvml),
+        (&fake_dir, "libnvidia-ml.so", &fake_nvml),
+        (&shim_dir, "libcuda.so.1", &soname),
+        (&shim_dir, "libnvidia-ml.so.1", &nvml_soname),
+        // The SONAME builds' dependencies, found next to them ($ORIGIN): the
+        // real libraries, here the fakes.
+        (&shim_dir, "libfaultline-real-cuda.so.1", &fake),
+        (&shim_dir, "libfaultline-real-nvml.so.1", &fake_nvml),
+    ];
+    for (dir, name, target) in links {
+        std::os::unix::fs::symlink(target, dir.join(name)).expect("symlink");
     }
 
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/drvtest.c");
@@ -112,13 +122,16 @@ fn build_fixture() -> Fixture {
         "-L".as_ref(),
         fake_dir.as_os_str(),
         "-lcuda".as_ref(),
+        "-lnvidia-ml".as_ref(),
         "-ldl".as_ref(),
     ]);
     Fixture {
         _dir: dir,
         shim,
         soname,
+        nvml_soname,
         fake,
+        fake_nvml,
         fake_dir,
         shim_dir,
         drvtest,
@@ -156,7 +169,8 @@ enum Via {
     PreloadLinked,
     /// LD_PRELOAD of the plain shim; the program dlopens libcuda.so.1.
     PreloadDlopen,
-    /// LD_PRELOAD of the SONAME build; the program dlopens libcuda.so.1.
+    /// LD_PRELOAD of both SONAME builds; the program dlopens libcuda.so.1 and
+    /// libnvidia-ml.so.1, which LD_LIBRARY_PATH would resolve to the fakes.
     PreloadSoname,
 }
 
@@ -201,13 +215,18 @@ impl Target {
 
 fn command(via: Via, state: Option<&Path>, args: &[&str]) -> Command {
     let f = fixture();
-    let soname_installed = f.shim_dir.join("libcuda.so.1");
+    let both = format!(
+        "{} {}",
+        f.shim_dir.join("libcuda.so.1").display(),
+        f.shim_dir.join("libnvidia-ml.so.1").display()
+    );
+    let plain = f.shim.display().to_string();
     let (program, lib_dir, preload) = match via {
         Via::Fake => (&f.drvtest, &f.fake_dir, None),
         Via::Soname | Via::SonameDlsym => (&f.drvtest, &f.shim_dir, None),
-        Via::PreloadLinked => (&f.drvtest_direct, &f.fake_dir, Some(&f.shim)),
-        Via::PreloadDlopen => (&f.drvtest, &f.fake_dir, Some(&f.shim)),
-        Via::PreloadSoname => (&f.drvtest, &f.fake_dir, Some(&soname_installed)),
+        Via::PreloadLinked => (&f.drvtest_direct, &f.fake_dir, Some(&plain)),
+        Via::PreloadDlopen => (&f.drvtest, &f.fake_dir, Some(&plain)),
+        Via::PreloadSoname => (&f.drvtest, &f.fake_dir, Some(&both)),
     };
     let mode = match via {
         Via::PreloadLinked => "direct",
@@ -219,7 +238,7 @@ fn command(via: Via, state: Option<&Path>, args: &[&str]) -> Command {
         .args(args)
         .env("LD_LIBRARY_PATH", lib_dir)
         .env("FAULTLINE_REAL_LIBCUDA", &f.fake)
-        .env("FAULTLINE_REAL_LIBNVML", &f.fake)
+        .env("FAULTLINE_REAL_LIBNVML", &f.fake_nvml)
         .env_remove("LD_PRELOAD")
         .env_remove("FAULTLINE_GPU_STATE")
         .env_remove("DRVTEST_NVML")
@@ -441,7 +460,7 @@ fn needed(lib: &Path) -> Vec<String> {
 #[test]
 fn both_builds_export_every_entry_point() {
     let f = fixture();
-    for lib in [&f.shim, &f.soname] {
+    for lib in [&f.shim, &f.soname, &f.nvml_soname] {
         let syms = dynamic_symbols(lib);
         let wrapped = faultline_cuda_shim::exported_symbols();
         for name in REQUIRED.iter().chain(wrapped.iter()) {
@@ -454,11 +473,17 @@ fn both_builds_export_every_entry_point() {
         assert!(syms.iter().any(|s| s == "faultline_cuda_shim_marker"));
     }
     assert_eq!(soname(&f.soname).as_deref(), Some("libcuda.so.1"));
-    let needed = needed(&f.soname);
-    for dep in ["libfaultline-real-cuda.so.1", "libfaultline-real-nvml.so.1"] {
+    assert_eq!(soname(&f.nvml_soname).as_deref(), Some("libnvidia-ml.so.1"));
+    assert_eq!(soname(&f.fake_nvml).as_deref(), Some("libnvidia-ml.so.1"));
+    for (lib, dep) in [
+        (&f.soname, "libfaultline-real-cuda.so.1"),
+        (&f.nvml_soname, "libfaultline-real-nvml.so.1"),
+    ] {
+        let needed = needed(lib);
         assert!(
             needed.iter().any(|n| n == dep),
-            "SONAME build lacks {dep}: {needed:?}"
+            "{} lacks {dep}: {needed:?}",
+            lib.display()
         );
     }
     assert_eq!(soname(&f.shim), None);
@@ -490,42 +515,48 @@ fn each_error_kind_is_returned_while_active_and_success_after_clear() {
     let mut t = Target::new();
     for error in GpuError::ALL {
         t.unavailable(error);
-        let r = t.run(Via::Soname, &[]);
-        let (cuda, nvml) = (i64::from(error.cuda_code()), i64::from(error.nvml_code()));
-        assert_eq!(r.exit, Some(1), "{error:?}");
-        assert_eq!(
-            r.code("cuDriverGetVersion"),
-            0,
-            "version queries stay untouched"
-        );
-        if error == GpuError::OutOfMemory {
-            assert_eq!(r.code("cuMemAlloc"), 2, "{error:?}");
-            for call in [
-                "cuInit",
-                "cuCtxCreate",
-                "cuLaunchKernel",
-                "cuStreamSynchronize",
-            ] {
-                assert_eq!(r.code(call), 0, "{error:?}: only allocations fail: {call}");
+        for via in [Via::Soname, Via::PreloadSoname] {
+            let r = t.run(via, &[]);
+            let (cuda, nvml) = (i64::from(error.cuda_code()), i64::from(error.nvml_code()));
+            assert_eq!(r.exit, Some(1), "{via:?} {error:?}");
+            assert_eq!(
+                r.code("cuDriverGetVersion"),
+                0,
+                "version queries stay untouched"
+            );
+            if error == GpuError::OutOfMemory {
+                assert_eq!(r.code("cuMemAlloc"), 2, "{via:?} {error:?}");
+                for call in [
+                    "cuInit",
+                    "cuCtxCreate",
+                    "cuLaunchKernel",
+                    "cuStreamSynchronize",
+                ] {
+                    assert_eq!(
+                        r.code(call),
+                        0,
+                        "{via:?} {error:?}: only allocations fail: {call}"
+                    );
+                }
+            } else {
+                for call in [
+                    "cuInit",
+                    "cuDeviceGetCount",
+                    "cuCtxCreate",
+                    "cuMemAlloc",
+                    "cuMemcpyHtoD",
+                    "cuLaunchKernel",
+                    "cuStreamSynchronize",
+                    "cuCtxSynchronize",
+                ] {
+                    assert_eq!(r.code(call), cuda, "{via:?} {error:?}: {call}\n{}", r.text);
+                }
             }
-        } else {
-            for call in [
-                "cuInit",
-                "cuDeviceGetCount",
-                "cuCtxCreate",
-                "cuMemAlloc",
-                "cuMemcpyHtoD",
-                "cuLaunchKernel",
-                "cuStreamSynchronize",
-                "cuCtxSynchronize",
-            ] {
-                assert_eq!(r.code(call), cuda, "{error:?}: {call}\n{}", r.text);
+            for call in ["nvmlInit", "nvmlDeviceGetCount", "nvmlDeviceGetMemoryInfo"] {
+                assert_eq!(r.code(call), nvml, "{via:?} {error:?}: {call}\n{}", r.text);
             }
+            assert_eq!(r.code("nvmlShutdown"), 0);
         }
-        for call in ["nvmlInit", "nvmlDeviceGetCount", "nvmlDeviceGetMemoryInfo"] {
-            assert_eq!(r.code(call), nvml, "{error:?}: {call}\n{}", r.text);
-        }
-        assert_eq!(r.code("nvmlShutdown"), 0);
 
         t.state.clear();
         t.run(Via::Soname, &[])
@@ -577,6 +608,12 @@ fn unwrapped_entry_points_still_reach_the_driver() {
             r.code("unwrapped:cuDevicePrimaryCtxGetState"),
             0,
             "{via:?}: dlsym/cuGetProcAddress of an entry point the shim does not wrap\n{}",
+            r.text
+        );
+        assert_eq!(
+            r.code("unwrapped:nvmlDeviceGetFanSpeed"),
+            0,
+            "{via:?}\n{}",
             r.text
         );
         assert_eq!(r.code("cuMemAlloc"), 2, "{via:?}");
