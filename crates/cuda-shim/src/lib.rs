@@ -1,6 +1,7 @@
 //! faultline's CUDA/NVML interposer: a library loaded in front of the real
-//! driver (LD_PRELOAD, or installed as `libcuda.so.1` through the
-//! `faultline-cuda-shim-soname` build) that forwards every CUDA driver API and
+//! driver (LD_PRELOAD, or installed as `libcuda.so.1` / `libnvidia-ml.so.1`
+//! through the `faultline-cuda-shim-soname` / `faultline-nvml-shim-soname`
+//! builds of this crate) that forwards every CUDA driver API and
 //! NVML call it exports to the real library, and while the agent has set a fault
 //! in the shared state file ([`state`]), fails those calls with the chosen error
 //! or delays launches and synchronisations.
@@ -8,7 +9,7 @@
 //! Limits: it sees only calls that reach it. LD_PRELOAD catches programs linked
 //! against libcuda; cuGetProcAddress interception catches the CUDA 12 runtime once
 //! it has the shim's cuGetProcAddress; programs that dlopen `libcuda.so.1` and
-//! dlsym from that handle need the SONAME build (docs/gpu.md has the table).
+//! dlsym from that handle need a SONAME build (docs/gpu.md has the table).
 //! Per-thread-default-stream variants (`_ptsz`, `_ptds`) and calls it does not
 //! export go straight to the driver. It never panics across the C ABI and never
 //! prints: an unusable state file means pass-through, a missing driver means
