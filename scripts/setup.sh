@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 # (PostgreSQL, MariaDB, nftables, ...) adds it here, never to a README step.
 PACKAGES=(
   ca-certificates # crates.io over TLS
-  gcc             # linker, and C for -sys crates
+  gcc             # linker, C for -sys crates and the GPU test fixtures
+  binutils        # nm, readelf: the interposer tests read exported symbols
   pkg-config
 )
 

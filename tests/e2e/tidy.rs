@@ -18,7 +18,12 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
             &["spec", "probe", "proxy", "faults", "agent"][..],
         ),
         ("cuda-shim", &[][..]),
+        // The SONAME builds of the interposer re-export it under libcuda.so.1 /
+        // libnvidia-ml.so.1; the fakes are GPU-less test fixtures.
+        ("cuda-shim-soname", &["cuda-shim"][..]),
+        ("nvml-shim-soname", &["cuda-shim"][..]),
         ("fake-cuda", &[][..]),
+        ("fake-nvml", &[][..]),
         // testkit is a dev-dependency helper: it may use anything below the binary.
         (
             "testkit",
@@ -104,7 +109,7 @@ fn libraries_forbid_unsafe_and_do_not_print() {
             .unwrap_or(false);
         // The CUDA interposer and its fake driver are FFI by nature; all else inherits
         // the workspace lints (unsafe forbidden, no printing).
-        if !["cuda-shim", "fake-cuda"].contains(&name.as_str()) {
+        if !["cuda-shim", "fake-cuda", "fake-nvml"].contains(&name.as_str()) {
             assert!(
                 inherits,
                 "crates/{name} must use `[lints] workspace = true`"
