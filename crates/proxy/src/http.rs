@@ -1,0 +1,1 @@
+//! L7 HTTP faults (placeholder until the next commit).

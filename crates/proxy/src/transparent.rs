@@ -1,0 +1,1 @@
+//! Transparent mode (placeholder until the next commit).

@@ -1,0 +1,66 @@
+"""Drives faultline's Toxiproxy-compatible API with the published
+toxiproxy-python client (PyPI), exactly as a Toxiproxy user would."""
+import os
+import socket
+import sys
+import time
+
+from toxiproxy import Toxiproxy
+from toxiproxy.exceptions import ProxyExists
+
+host, port = os.environ["API"].rsplit(":", 1)
+upstream = os.environ["UPSTREAM"]
+
+server = Toxiproxy()
+server.update_api_consumer(host, int(port))
+assert server.running(), "API not reachable"
+assert b"version" in server.version()
+
+proxy = server.create(upstream=upstream, name="py", listen="127.0.0.1:0")
+assert proxy.name == "py" and proxy.enabled is True
+try:
+    server.create(upstream=upstream, name="py")
+    raise AssertionError("duplicate create must raise ProxyExists")
+except ProxyExists:
+    pass
+assert "py" in server.proxies()
+
+lhost, lport = proxy.listen.rsplit(":", 1)
+sock = socket.create_connection((lhost, int(lport)), timeout=5)
+sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def rtt():
+    t = time.monotonic()
+    sock.sendall(b"ping")
+    got = b""
+    while len(got) < 4:
+        chunk = sock.recv(4 - len(got))
+        assert chunk, "connection closed"
+        got += chunk
+    assert got == b"ping"
+    return time.monotonic() - t
+
+
+base = sorted(rtt() for _ in range(11))[5]
+proxy.add_toxic(name="slow", type="latency", attributes={"latency": 100})
+toxics = proxy.toxics()
+assert "slow" in toxics and toxics["slow"].attributes["latency"] == 100, toxics
+added = [rtt() - base for _ in range(3)]
+assert all(0.099 <= a <= 0.103 for a in added), added
+proxy.destroy_toxic("slow")
+assert proxy.toxics() == {}
+after = sorted(rtt() for _ in range(11))[5]
+assert after < base + 0.002, (after, base)
+
+with proxy.down():
+    try:
+        socket.create_connection((lhost, int(lport)), timeout=2)
+        raise AssertionError("disabled proxy accepted a connection")
+    except ConnectionRefusedError:
+        pass
+
+assert server.reset()
+assert proxy.destroy()
+assert server.get_proxy("py") is None
+print("toxiproxy-python: ok, added %.1f ms" % (1000 * max(added)))
