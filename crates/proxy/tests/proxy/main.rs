@@ -6,4 +6,5 @@ mod api;
 mod http;
 mod l4;
 mod python_client;
+mod transparent;
 mod util;
