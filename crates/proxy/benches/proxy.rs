@@ -40,11 +40,23 @@ fn main() {
 
 /// The proxy under test, in its own process with its own 2-worker runtime.
 fn serve_proxy_child() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    // FAULTLINE_BENCH_PROXY_THREADS=1 runs the proxy on a current-thread runtime.
+    let threads: usize = std::env::var("FAULTLINE_BENCH_PROXY_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let rt = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    };
     rt.block_on(async {
         let server = faultline_proxy::ProxyServer::new().expect("server");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind api");
@@ -252,7 +264,7 @@ fn start_haproxy(
 ) -> Option<(KillOnDrop, SocketAddr, SocketAddr)> {
     let (p1, p2) = (free_port(), free_port());
     let cfg = format!(
-        "global\n  maxconn 20000\n  nbthread 2\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n\
+        "global\n  maxconn 8000\n  nbthread 2\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n\
          listen bulk\n  bind 127.0.0.1:{p1}\n  server s1 {sink}\n\
          listen echo\n  bind 127.0.0.1:{p2}\n  server s1 {echo}\n"
     );
@@ -339,95 +351,109 @@ async fn run() {
         targets.push(("HAProxy 2.6 (Debian)", *b, *e, Some(g.0.id())));
     }
 
-    println!(
-        "## Bulk throughput ({} MiB per transfer, median of 3)\n",
-        BULK_BYTES >> 20
-    );
-    println!("| path | MB/s | ratio vs direct |\n|---|---:|---:|");
-    let mut direct_bulk = 0.0;
-    for (name, b, _, _) in &targets {
-        let v = bulk_median(*b, BULK_BYTES, 3).await;
-        if direct_bulk == 0.0 {
-            direct_bulk = v;
-        }
-        println!("| {name} | {v:.0} | {:.2}x |", v / direct_bulk);
-    }
+    // FAULTLINE_BENCH_ONLY=bulk|echo|latency|memory runs one section (profiling).
+    let only = std::env::var("FAULTLINE_BENCH_ONLY").unwrap_or_default();
+    let section = |name: &str| only.is_empty() || only == name;
 
-    println!(
-        "\n## Echo, {ECHO_CONNS} concurrent connections, 64-byte ping-pong for {ECHO_SECS} s\n"
-    );
-    println!(
-        "| path | requests | p50 us | p99 us | p999 us | p50 ratio vs direct |\n|---|---:|---:|---:|---:|---:|"
-    );
-    let mut direct_p50 = 0.0;
-    for (name, _, e, _) in &targets {
-        let h = echo_load(*e).await;
-        let p50 = us(&h, 0.5) * 1000.0;
-        if direct_p50 == 0.0 {
-            direct_p50 = p50;
-        }
+    if section("bulk") {
         println!(
-            "| {name} | {} | {:.0} | {:.0} | {:.0} | {:.2}x |",
-            h.len(),
-            p50,
-            us(&h, 0.99) * 1000.0,
-            us(&h, 0.999) * 1000.0,
-            p50 / direct_p50
+            "## Bulk throughput ({} MiB per transfer, median of 3)\n",
+            BULK_BYTES >> 20
         );
+        println!("| path | MB/s | ratio vs direct |\n|---|---:|---:|");
+        let mut direct_bulk = 0.0;
+        for (name, b, _, _) in &targets {
+            let v = bulk_median(*b, BULK_BYTES, 3).await;
+            if direct_bulk == 0.0 {
+                direct_bulk = v;
+            }
+            println!("| {name} | {v:.0} | {:.2}x |", v / direct_bulk);
+        }
     }
 
-    // 100 ms latency toxic on the echo proxy's downstream: the added delay.
-    let base = rtt_samples(fl_echo, 200).await;
-    let mut base_sorted = base.clone();
-    base_sorted.sort();
-    let base_med = base_sorted[base_sorted.len() / 2];
-    api(
-        api_addr,
-        "POST",
-        "/proxies/echo/toxics",
-        r#"{"name":"lat","type":"latency","stream":"downstream","attributes":{"latency":100}}"#,
-    )
-    .await;
-    let slow = rtt_samples(fl_echo, 50).await;
-    let mut added: Vec<f64> = slow
-        .iter()
-        .map(|d| (d.as_secs_f64() - base_med.as_secs_f64()) * 1000.0)
-        .collect();
-    added.sort_by(f64::total_cmp);
-    let mean = added.iter().sum::<f64>() / added.len() as f64;
-    let p99 = added[((added.len() as f64) * 0.99).ceil() as usize - 1];
-    println!("\n## 100 ms latency toxic (faultline only; HAProxy has no such fault)\n");
-    println!(
-        "Added delay over the proxy's own no-toxic round trip (median {:.0} us), 50 round trips:\n",
-        base_med.as_secs_f64() * 1e6
-    );
-    println!("| mean ms | p99 ms | min ms | max ms |\n|---:|---:|---:|---:|");
-    println!(
-        "| {mean:.3} | {p99:.3} | {:.3} | {:.3} |",
-        added[0],
-        added[added.len() - 1]
-    );
+    if section("echo") {
+        println!(
+            "\n## Echo, {ECHO_CONNS} concurrent connections, 64-byte ping-pong for {ECHO_SECS} s\n"
+        );
+        println!(
+            "| path | requests | p50 us | p99 us | p999 us | p50 ratio vs direct |\n|---|---:|---:|---:|---:|---:|"
+        );
+        let mut direct_p50 = 0.0;
+        for (name, _, e, _) in &targets {
+            let h = echo_load(*e).await;
+            let p50 = us(&h, 0.5) * 1000.0;
+            if direct_p50 == 0.0 {
+                direct_p50 = p50;
+            }
+            println!(
+                "| {name} | {} | {:.0} | {:.0} | {:.0} | {:.2}x |",
+                h.len(),
+                p50,
+                us(&h, 0.99) * 1000.0,
+                us(&h, 0.999) * 1000.0,
+                p50 / direct_p50
+            );
+        }
+    }
 
-    api(
-        api_addr,
-        "POST",
-        "/proxies/bulk/toxics",
-        r#"{"name":"lat","type":"latency","stream":"upstream","attributes":{"latency":100}}"#,
-    )
-    .await;
-    let through = bulk_median(fl_bulk, LAT_BULK_BYTES, 3).await;
-    println!(
-        "\nBulk through the 100 ms toxic ({} MiB, median of 3, includes the first 100 ms): **{through:.0} MB/s**",
-        LAT_BULK_BYTES >> 20
-    );
-    api(api_addr, "POST", "/reset", "").await;
+    if section("latency") {
+        // 100 ms latency toxic on the echo proxy's downstream: the added delay.
+        let base = rtt_samples(fl_echo, 200).await;
+        let mut base_sorted = base.clone();
+        base_sorted.sort();
+        let base_med = base_sorted[base_sorted.len() / 2];
+        api(
+            api_addr,
+            "POST",
+            "/proxies/echo/toxics",
+            r#"{"name":"lat","type":"latency","stream":"downstream","attributes":{"latency":100}}"#,
+        )
+        .await;
+        let slow = rtt_samples(fl_echo, 50).await;
+        let mut added: Vec<f64> = slow
+            .iter()
+            .map(|d| (d.as_secs_f64() - base_med.as_secs_f64()) * 1000.0)
+            .collect();
+        added.sort_by(f64::total_cmp);
+        let mean = added.iter().sum::<f64>() / added.len() as f64;
+        let p99 = added[((added.len() as f64) * 0.99).ceil() as usize - 1];
+        println!("\n## 100 ms latency toxic (faultline only; HAProxy has no such fault)\n");
+        println!(
+            "Added delay over the proxy's own no-toxic round trip (median {:.0} us), 50 round trips:\n",
+            base_med.as_secs_f64() * 1e6
+        );
+        println!("| mean ms | p99 ms | min ms | max ms |\n|---:|---:|---:|---:|");
+        println!(
+            "| {mean:.3} | {p99:.3} | {:.3} | {:.3} |",
+            added[0],
+            added[added.len() - 1]
+        );
 
-    println!("\n## Memory per idle proxied connection (RSS delta over {IDLE_CONNS} connections)\n");
-    println!("| proxy | KiB per connection |\n|---|---:|");
-    for (name, _, e, pid) in &targets {
-        if let Some(pid) = pid {
-            let v = idle_rss_per_conn(*e, *pid).await;
-            println!("| {name} | {v:.2} |");
+        api(
+            api_addr,
+            "POST",
+            "/proxies/bulk/toxics",
+            r#"{"name":"lat","type":"latency","stream":"upstream","attributes":{"latency":100}}"#,
+        )
+        .await;
+        let through = bulk_median(fl_bulk, LAT_BULK_BYTES, 3).await;
+        println!(
+            "\nBulk through the 100 ms toxic ({} MiB, median of 3, includes the first 100 ms): **{through:.0} MB/s**",
+            LAT_BULK_BYTES >> 20
+        );
+        api(api_addr, "POST", "/reset", "").await;
+    }
+
+    if section("memory") {
+        println!(
+            "\n## Memory per idle proxied connection (RSS delta over {IDLE_CONNS} connections)\n"
+        );
+        println!("| proxy | KiB per connection |\n|---|---:|");
+        for (name, _, e, pid) in &targets {
+            if let Some(pid) = pid {
+                let v = idle_rss_per_conn(*e, *pid).await;
+                println!("| {name} | {v:.2} |");
+            }
         }
     }
 }

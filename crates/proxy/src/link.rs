@@ -14,13 +14,20 @@
 //! hold no buffer.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::net::Shutdown;
+use std::os::fd::OwnedFd;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
 use rand::Rng;
+use tokio::io::Interest;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 
@@ -65,17 +72,30 @@ impl Snapshot {
 #[derive(Debug)]
 pub(crate) struct ProxyShared {
     pub(crate) toxics: ArcSwap<Snapshot>,
-    /// Bumped after every change of `toxics`; connections wait on it.
+    /// Bumped after every change of `toxics` (and on kill); directions compare
+    /// it on every wake-up, an atomic load.
+    pub(crate) generation: AtomicU64,
+    /// Signalled after `generation` moved. Only the connection task waits on it,
+    /// with one registration kept across wake-ups; its wake-up makes both
+    /// directions look at `generation`.
     pub(crate) changed: watch::Sender<()>,
     pub(crate) pool: Arc<BufPool>,
     pub(crate) max_queue_bytes: usize,
     /// SO_MARK for upstream sockets (transparent mode excludes them by mark).
     pub(crate) upstream_mark: Option<u32>,
+    /// Bulk pass-through uses splice(2) instead of copying through user space.
+    pub(crate) splice: bool,
 }
 
 impl ProxyShared {
     pub(crate) fn publish(&self, snapshot: Snapshot) {
         self.toxics.store(Arc::new(snapshot));
+        self.wake_connections();
+    }
+
+    /// Makes every connection re-read its state (toxics, kill flag).
+    pub(crate) fn wake_connections(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.changed.send_replace(());
     }
 }
@@ -110,23 +130,43 @@ pub(crate) async fn connect_upstream(upstream: &str, mark: Option<u32>) -> io::R
     Err(last)
 }
 
+type Wake = Pin<Box<dyn Future<Output = watch::Receiver<()>> + Send>>;
+
+fn wait_change(mut rx: watch::Receiver<()>) -> Wake {
+    Box::pin(async move {
+        if rx.changed().await.is_err() {
+            // The sender lives as long as the proxy; never spin on a closed one.
+            std::future::pending::<()>().await;
+        }
+        rx
+    })
+}
+
 /// Drives one accepted client connection until both directions ended, the
-/// connection was closed or reset by a toxic, or `kill` fires.
+/// connection was closed or reset by a toxic, or `killed` is set.
 pub(crate) async fn serve_connection(
     client: TcpStream,
     upstream: Arc<str>,
     shared: Arc<ProxyShared>,
-    mut kill: watch::Receiver<bool>,
+    killed: Arc<AtomicBool>,
 ) {
-    let server = tokio::select! {
-        r = connect_upstream(&upstream, shared.upstream_mark) => match r {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(upstream = %upstream, error = %e, "upstream connect failed; closing client");
-                return;
-            }
-        },
-        _ = kill.changed() => return,
+    let mut wake = wait_change(shared.changed.subscribe());
+    let connect = connect_upstream(&upstream, shared.upstream_mark);
+    tokio::pin!(connect);
+    let server = loop {
+        if killed.load(Ordering::Acquire) {
+            return;
+        }
+        tokio::select! {
+            r = &mut connect => match r {
+                Ok(s) => break s,
+                Err(e) => {
+                    tracing::debug!(upstream = %upstream, error = %e, "upstream connect failed; closing client");
+                    return;
+                }
+            },
+            rx = &mut wake => wake = wait_change(rx),
+        }
     };
     // Small writes must not wait for Nagle on either side of the proxy.
     let _ = client.set_nodelay(true);
@@ -141,13 +181,36 @@ pub(crate) async fn serve_connection(
         let end = tokio::select! {
             end = &mut up, if !up_done => { up_done = true; end }
             end = &mut down, if !down_done => { down_done = true; end }
-            _ = kill.changed() => DirEnd::Close,
+            rx = &mut wake => {
+                wake = wait_change(rx);
+                if killed.load(Ordering::Acquire) { DirEnd::Close } else { DirEnd::Eof }
+            }
         };
         if end != DirEnd::Eof {
             break;
         }
     }
     // Dropping the sockets closes them: FIN, or RST where linger 0 was set.
+}
+
+/// Ready once the proxy's generation moved past `seen`. Registers no waker:
+/// the connection task's `wake` future does, and any wake-up of the task
+/// polls this again.
+struct GenChanged<'a> {
+    generation: &'a AtomicU64,
+    seen: u64,
+}
+
+impl Future for GenChanged<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
+        if self.generation.load(Ordering::Acquire) == self.seen {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -250,7 +313,7 @@ struct Direction<'a> {
     reader: &'a TcpStream,
     writer: &'a TcpStream,
     shared: &'a ProxyShared,
-    changes: watch::Receiver<()>,
+    seen_gen: u64,
     seed: u64,
     chain: Chain,
     applied: Vec<Applied>,
@@ -262,6 +325,53 @@ struct Direction<'a> {
     next_write_at: Option<Instant>,
     last_release: Option<Instant>,
     timer_armed: Option<Instant>,
+    /// Set once the direction carried bulk data without toxics.
+    pipe: Option<Pipe>,
+    splice_failed: bool,
+}
+
+/// A pipe for splice(2); kept by a direction once it saw bulk data.
+#[derive(Debug)]
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    size: usize,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Self> {
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+        // A bigger pipe moves more per syscall; the default (64 KiB) still works.
+        let size = fcntl(&write, FcntlArg::F_SETPIPE_SZ(1 << 20))
+            .ok()
+            .and_then(|s| usize::try_from(s).ok())
+            .unwrap_or(64 * 1024);
+        Ok(Self { read, write, size })
+    }
+
+    /// Socket -> pipe. Called with an empty pipe, so EAGAIN means "socket empty".
+    fn fill_from(&self, sock: &TcpStream) -> io::Result<usize> {
+        Ok(splice(
+            sock,
+            None,
+            &self.write,
+            None,
+            self.size,
+            SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK,
+        )?)
+    }
+
+    /// Pipe -> socket, at most `len` bytes.
+    fn drain_to(&self, sock: &TcpStream, len: usize) -> io::Result<usize> {
+        Ok(splice(
+            &self.read,
+            None,
+            sock,
+            None,
+            len,
+            SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK,
+        )?)
+    }
 }
 
 impl<'a> Direction<'a> {
@@ -277,7 +387,7 @@ impl<'a> Direction<'a> {
             reader,
             writer,
             shared,
-            changes: shared.changed.subscribe(),
+            seen_gen: 0,
             seed,
             chain: Chain::default(),
             applied: Vec::new(),
@@ -289,6 +399,8 @@ impl<'a> Direction<'a> {
             next_write_at: None,
             last_release: None,
             timer_armed: None,
+            pipe: None,
+            splice_failed: false,
         }
     }
 
@@ -310,6 +422,17 @@ impl<'a> Direction<'a> {
         end
     }
 
+    fn gen_changed(&self) -> bool {
+        self.shared.generation.load(Ordering::Acquire) != self.seen_gen
+    }
+
+    fn changed(&self) -> GenChanged<'_> {
+        GenChanged {
+            generation: &self.shared.generation,
+            seen: self.seen_gen,
+        }
+    }
+
     fn recycle_all(&mut self) {
         for c in self.queue.drain(..) {
             self.shared.pool.put(c.buf);
@@ -321,7 +444,8 @@ impl<'a> Direction<'a> {
     }
 
     fn rebuild(&mut self) {
-        self.changes.borrow_and_update();
+        // Generation first: a publish racing with this load is seen again later.
+        self.seen_gen = self.shared.generation.load(Ordering::Acquire);
         let snapshot = self.shared.toxics.load_full();
         let now = Instant::now();
         let mut chain = Chain::default();
@@ -375,40 +499,119 @@ impl<'a> Direction<'a> {
     }
 
     /// The no-toxic loop. Returns `None` when the toxics changed.
+    ///
+    /// A read shorter than the buffer means the socket is drained, so readiness
+    /// is cleared right away (tokio ignores the clear if a new event came in
+    /// meanwhile, and never clears EOF), saving the EAGAIN read per message.
+    /// A read that fills the buffer means bulk: the direction moves to splice.
     async fn pass_through(&mut self) -> Option<DirEnd> {
         loop {
+            if self.pipe.is_some() {
+                return self.splice_through().await;
+            }
             tokio::select! {
                 biased;
-                _ = self.changes.changed() => return None,
+                () = self.changed() => return None,
                 r = self.reader.readable() => if r.is_err() { return Some(DirEnd::Close) },
             }
-            let mut buf = self.spare.take().unwrap_or_else(|| self.shared.pool.get());
+            let mut buf = self.shared.pool.get_local();
             let mut turns = 0usize;
+            let mut bulk = false;
             let outcome = loop {
-                match self.reader.try_read(&mut buf) {
-                    Ok(0) => break Some(self.forward_eof()),
-                    Ok(n) => {
-                        self.total_in += n as u64;
-                        if write_all(self.writer, &buf[..n]).await.is_err() {
-                            break Some(DirEnd::Close);
-                        }
-                        if self.changes.has_changed().unwrap_or(false) {
-                            self.shared.pool.put(buf);
-                            return None;
-                        }
-                        turns += 1;
-                        if turns.is_multiple_of(64) {
-                            tokio::task::yield_now().await;
-                        }
+                let mut short = 0usize;
+                let reader = self.reader;
+                let r = reader.try_io(Interest::READABLE, || match reader.try_read(&mut buf) {
+                    Ok(n) if n > 0 && n < buf.len() => {
+                        short = n;
+                        Err(io::ErrorKind::WouldBlock.into())
                     }
+                    other => other,
+                });
+                let n = match r {
+                    Ok(0) => break Some(self.forward_eof()),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock && short > 0 => short,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break None,
                     Err(_) => break Some(DirEnd::Close),
+                };
+                self.total_in += n as u64;
+                if write_all(self.writer, &buf[..n]).await.is_err() {
+                    break Some(DirEnd::Close);
+                }
+                if short > 0 {
+                    break None;
+                }
+                if self.gen_changed() {
+                    self.shared.pool.put_local(buf);
+                    return None;
+                }
+                if self.shared.splice && !self.splice_failed {
+                    bulk = true;
+                    break None;
+                }
+                turns += 1;
+                if turns.is_multiple_of(64) {
+                    tokio::task::yield_now().await;
                 }
             };
             // Idle again: the buffer goes back, an idle connection holds none.
-            self.shared.pool.put(buf);
+            self.shared.pool.put_local(buf);
             if outcome.is_some() {
                 return outcome;
+            }
+            if bulk {
+                match Pipe::new() {
+                    Ok(p) => self.pipe = Some(p),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "no pipe for splice; copying");
+                        self.splice_failed = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Zero-copy pass-through (socket -> pipe -> socket) for bulk streams.
+    /// Returns `None` when the toxics changed (the pipe is empty then).
+    async fn splice_through(&mut self) -> Option<DirEnd> {
+        let pipe = self.pipe.as_ref()?;
+        let mut turns = 0usize;
+        loop {
+            let reader = self.reader;
+            let r = reader.try_io(Interest::READABLE, || pipe.fill_from(reader));
+            let n = match r {
+                Ok(0) => return Some(self.forward_eof()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    tokio::select! {
+                        biased;
+                        () = self.changed() => return None,
+                        r = self.reader.readable() => if r.is_err() { return Some(DirEnd::Close) },
+                    }
+                    continue;
+                }
+                Err(_) => return Some(DirEnd::Close),
+            };
+            self.total_in += n as u64;
+            let mut left = n;
+            while left > 0 {
+                let writer = self.writer;
+                match writer.try_io(Interest::WRITABLE, || pipe.drain_to(writer, left)) {
+                    Ok(m) => left -= m,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if self.writer.writable().await.is_err() {
+                            return Some(DirEnd::Close);
+                        }
+                    }
+                    Err(_) => return Some(DirEnd::Close),
+                }
+            }
+            if self.gen_changed() {
+                return None;
+            }
+            turns += 1;
+            if turns.is_multiple_of(64) {
+                tokio::task::yield_now().await;
             }
         }
     }
@@ -537,7 +740,7 @@ impl<'a> Direction<'a> {
         let mut changed = false;
         tokio::select! {
             biased;
-            _ = self.changes.changed() => changed = true,
+            () = self.changed() => changed = true,
             () = async { if let Some(s) = sleep { s.await } }, if deadline.is_some() => {}
             r = self.writer.writable(), if write_blocked => if r.is_err() { return Some(DirEnd::Close) },
             r = self.reader.readable(), if can_read => if r.is_err() { return Some(DirEnd::Close) },

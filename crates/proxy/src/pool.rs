@@ -3,7 +3,16 @@
 //! they go idle, so an idle connection holds none, and the hot path does not
 //! allocate per chunk. The lock is taken per buffer hand-over, never per byte.
 
+use std::cell::RefCell;
 use std::sync::Mutex;
+
+/// Buffers kept per worker thread, so the no-toxic path, which takes and
+/// returns one buffer per burst, does not touch the shared lock at all.
+const LOCAL_CACHE: usize = 4;
+
+thread_local! {
+    static LOCAL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
 
 /// Buffer pool; see the module doc.
 #[derive(Debug)]
@@ -33,6 +42,39 @@ impl BufPool {
             Err(poisoned) => poisoned.into_inner().pop(),
         };
         reused.unwrap_or_else(|| vec![0; self.size])
+    }
+
+    /// Like [`BufPool::get`], from this thread's small cache first.
+    pub(crate) fn get_local(&self) -> Vec<u8> {
+        let size = self.size;
+        LOCAL
+            .try_with(|c| {
+                let mut c = c.borrow_mut();
+                c.iter()
+                    .rposition(|b| b.len() == size)
+                    .map(|i| c.swap_remove(i))
+            })
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| self.get())
+    }
+
+    /// Like [`BufPool::put`], into this thread's small cache first.
+    pub(crate) fn put_local(&self, buf: Vec<u8>) {
+        let spill = LOCAL
+            .try_with(|c| {
+                let mut c = c.borrow_mut();
+                if c.len() < LOCAL_CACHE {
+                    c.push(buf);
+                    None
+                } else {
+                    Some(buf)
+                }
+            })
+            .unwrap_or(None);
+        if let Some(buf) = spill {
+            self.put(buf);
+        }
     }
 
     /// Gives a buffer back; beyond `max_retained` it is freed.

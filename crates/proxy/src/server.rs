@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
@@ -32,6 +32,10 @@ pub struct ServerOptions {
     /// SO_MARK on upstream sockets, so nftables redirects can exclude the
     /// proxy's own traffic (transparent mode).
     pub upstream_mark: Option<u32>,
+    /// Move bulk data without toxics with splice(2) (zero-copy) instead of
+    /// read/write. Each direction that carried bulk data then holds a pipe
+    /// (two descriptors) for its lifetime.
+    pub splice: bool,
 }
 
 impl Default for ServerOptions {
@@ -41,6 +45,7 @@ impl Default for ServerOptions {
             max_pooled_buffers: 1024,
             max_queue_bytes: 64 * 1024 * 1024,
             upstream_mark: None,
+            splice: true,
         }
     }
 }
@@ -193,10 +198,12 @@ impl ProxyServer {
                 serial: Arc::clone(&self.inner.serial),
                 shared: Arc::new(ProxyShared {
                     toxics: ArcSwap::from_pointee(Snapshot::default()),
+                    generation: AtomicU64::new(0),
                     changed,
                     pool: Arc::clone(&self.inner.pool),
                     max_queue_bytes: self.inner.opts.max_queue_bytes,
                     upstream_mark: self.inner.opts.upstream_mark,
+                    splice: self.inner.opts.splice,
                 }),
                 state: Mutex::new(ProxyState {
                     listen: config.listen.clone(),
@@ -309,8 +316,8 @@ struct ProxyState {
 #[derive(Debug)]
 struct Running {
     addr: SocketAddr,
-    /// Tells this run's connections to close.
-    conn_kill: watch::Sender<bool>,
+    /// Tells this run's connections to close (with a wake-up of all).
+    killed: Arc<AtomicBool>,
     /// Absent while a `refuse` toxic holds the listener closed.
     accept: Option<Acceptor>,
 }
@@ -402,7 +409,7 @@ impl Proxy {
         if enabled {
             self.start(&mut st)
         } else {
-            Self::stop_locked(&mut st);
+            self.stop_locked(&mut st);
             Ok(())
         }
     }
@@ -415,7 +422,7 @@ impl Proxy {
         let upstream = update.upstream.unwrap_or_else(|| st.upstream.clone());
         let enabled = update.enabled.unwrap_or(st.enabled);
         if listen != st.listen || upstream != st.upstream {
-            Self::stop_locked(&mut st);
+            self.stop_locked(&mut st);
             st.listen = listen;
             st.upstream = upstream;
         }
@@ -423,7 +430,7 @@ impl Proxy {
             if enabled {
                 self.start(&mut st)?;
             } else {
-                Self::stop_locked(&mut st);
+                self.stop_locked(&mut st);
             }
         }
         Ok(())
@@ -436,11 +443,10 @@ impl Proxy {
             addr: addr.to_string(),
             source,
         })?;
-        let (conn_kill, _) = watch::channel(false);
         let mut running = Running {
             // Rebinding after `refuse` must get the same port back.
             addr: bound,
-            conn_kill,
+            killed: Arc::new(AtomicBool::new(false)),
             accept: None,
         };
         let accept = self.spawn_acceptor(listener, &running, &st.upstream)?;
@@ -472,24 +478,25 @@ impl Proxy {
             listener,
             Arc::from(upstream),
             Arc::clone(&self.inner.shared),
-            running.conn_kill.subscribe(),
+            Arc::clone(&running.killed),
             self.inner.handle.clone(),
         ));
         Ok(Acceptor { task, socket: dup })
     }
 
-    fn stop_locked(st: &mut ProxyState) {
+    fn stop_locked(&self, st: &mut ProxyState) {
         if let Some(running) = st.running.take() {
             if let Some(a) = running.accept {
                 a.stop();
             }
-            running.conn_kill.send_replace(true);
+            running.killed.store(true, Ordering::Release);
+            self.inner.shared.wake_connections();
         }
         st.enabled = false;
     }
 
     fn stop(&self) {
-        Self::stop_locked(&mut self.state());
+        self.stop_locked(&mut self.state());
     }
 
     /// Closes the listener while a `refuse` toxic with toxicity 1 exists, and
@@ -638,7 +645,7 @@ async fn accept_loop(
     listener: tokio::net::TcpListener,
     upstream: Arc<str>,
     shared: Arc<ProxyShared>,
-    kill: watch::Receiver<bool>,
+    killed: Arc<AtomicBool>,
     handle: Handle,
 ) {
     loop {
@@ -664,7 +671,7 @@ async fn accept_loop(
             sock,
             Arc::clone(&upstream),
             Arc::clone(&shared),
-            kill.clone(),
+            Arc::clone(&killed),
         ));
     }
 }
