@@ -55,7 +55,9 @@ assert added[-1] < 0.150, added
 proxy.destroy_toxic("slow")
 assert proxy.toxics() == {}
 after = sorted(rtt() for _ in range(11))[5]
-assert after < base + 0.002, (after, base)
+# Back to the no-toxic baseline: far below the toxic's 100 ms, within the
+# scheduling noise of a loaded 2-core machine.
+assert after < base + 0.005, (after, base)
 
 with proxy.down():
     try:

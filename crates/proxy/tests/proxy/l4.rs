@@ -39,8 +39,10 @@ async fn latency_via_json_api_adds_100ms_and_removal_restores_baseline() {
     h.remove_toxic("lat", "lat100").await;
     // Same connection, still open, back to baseline.
     let after = median_rtt(&mut sock, 20).await;
+    // Back to baseline: far below the toxic's 100 ms, within the scheduling
+    // noise of a loaded 2-core machine.
     assert!(
-        after < baseline + Duration::from_millis(2),
+        after < baseline + Duration::from_millis(5),
         "after removal {after:?} vs baseline {baseline:?}"
     );
 }
