@@ -47,10 +47,12 @@ proxy.add_toxic(name="slow", type="latency", attributes={"latency": 100})
 toxics = proxy.toxics()
 assert "slow" in toxics and toxics["slow"].attributes["latency"] == 100, toxics
 added = sorted(rtt() - base for _ in range(7))
-# Every sample: never early, and the median within 99-103 ms. A lone late
-# sample is the 2-core machine's scheduler (parallel compiles), not the toxic.
-assert added[0] >= 0.099, added
-assert 0.099 <= added[3] <= 0.103, added
+# The toxic's own contribution is the floor of the samples: it must be 99-103
+# ms, and no sample may come early. Samples above the floor are this shared
+# 2-core machine's scheduler (load averages of 6-8 from parallel compiles),
+# so the median and the maximum are only bounded.
+assert 0.099 <= added[0] <= 0.103, added
+assert added[3] <= 0.106, added
 assert added[-1] < 0.150, added
 proxy.destroy_toxic("slow")
 assert proxy.toxics() == {}
@@ -69,4 +71,4 @@ with proxy.down():
 assert server.reset()
 assert proxy.destroy()
 assert server.get_proxy("py") is None
-print("toxiproxy-python: ok, added median %.1f ms" % (1000 * added[3]))
+print("toxiproxy-python: ok, added %.1f ms (median %.1f ms)" % (1000 * added[0], 1000 * added[3]))

@@ -26,14 +26,16 @@ async fn latency_via_json_api_adds_100ms_and_removal_restores_baseline() {
         added.push(rtt.saturating_sub(baseline));
     }
     added.sort();
-    // Never early; the median within 99-103 ms. A lone late sample is the
-    // shared 2-core machine's scheduler, so it is bounded, not banned.
+    // The toxic's own contribution is the floor of the samples: 99-103 ms,
+    // and nothing early. Samples above the floor are the shared 2-core
+    // machine's scheduler (load averages of 6-8 from parallel compiles), so
+    // the median and the maximum are only bounded.
     let (min, median, max) = (added[0], added[3], added[6]);
-    assert!(min >= Duration::from_millis(99), "early release: {added:?}");
     assert!(
-        median >= Duration::from_millis(99) && median <= Duration::from_millis(103),
-        "median added delay {median:?} outside 99-103 ms (baseline {baseline:?}): {added:?}"
+        min >= Duration::from_millis(99) && min <= Duration::from_millis(103),
+        "added delay {min:?} outside 99-103 ms (baseline {baseline:?}): {added:?}"
     );
+    assert!(median <= Duration::from_millis(106), "{added:?}");
     assert!(max < Duration::from_millis(150), "{added:?}");
 
     h.remove_toxic("lat", "lat100").await;
@@ -336,4 +338,72 @@ async fn in_process_api_without_http() {
     server.remove("lib").unwrap();
     let (data, _) = read_to_end(&mut sock).await;
     assert!(data.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toxic_update_applies_to_established_connections() {
+    let h = Harness::start().await;
+    let listen = h.proxy_to("upd", echo_server().await).await;
+    h.add_toxic(
+        "upd",
+        r#"{"name":"l","type":"latency","attributes":{"latency":20}}"#,
+    )
+    .await;
+    let mut sock = connect(listen).await;
+    let before = round_trip(&mut sock, b"a").await;
+    assert!(before >= Duration::from_millis(19), "{before:?}");
+    let (status, t) = h
+        .call(
+            "PATCH",
+            "/proxies/upd/toxics/l",
+            Some(r#"{"attributes":{"latency":80}}"#),
+        )
+        .await;
+    assert_eq!(status, 200, "{t}");
+    let after = round_trip(&mut sock, b"b").await;
+    assert!(after >= Duration::from_millis(79), "{after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jitter_spreads_but_keeps_order() {
+    let h = Harness::start().await;
+    let listen = h.proxy_to("jit", echo_server().await).await;
+    h.add_toxic(
+        "jit",
+        r#"{"type":"latency","attributes":{"latency":30,"jitter":20}}"#,
+    )
+    .await;
+    let mut sock = connect(listen).await;
+    let mut rtts = Vec::new();
+    for i in 0..10 {
+        rtts.push(round_trip(&mut sock, format!("j{i}").as_bytes()).await);
+    }
+    rtts.sort();
+    assert!(rtts[0] >= Duration::from_millis(10), "{rtts:?}");
+    assert!(rtts[9] < Duration::from_millis(200), "{rtts:?}");
+    assert!(
+        rtts[9] - rtts[0] >= Duration::from_millis(2),
+        "jitter varies: {rtts:?}"
+    );
+    // Order: many small writes arrive in order despite jitter.
+    let (mut r, mut w) = sock.split();
+    let writer = async {
+        for i in 0..50u8 {
+            w.write_all(&[i]).await.unwrap();
+        }
+    };
+    let reader = async {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        while got.len() < 50 {
+            let n = tokio::time::timeout(LIMIT, r.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    };
+    let ((), got) = tokio::join!(writer, reader);
+    assert_eq!(got, (0..50u8).collect::<Vec<_>>());
 }
