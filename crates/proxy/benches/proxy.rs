@@ -60,7 +60,13 @@ fn serve_proxy_child() {
             .expect("runtime")
     };
     rt.block_on(async {
-        let server = faultline_proxy::ProxyServer::new().expect("server");
+        // FAULTLINE_BENCH_SPLICE=0 copies through user space instead (A/B).
+        let splice = std::env::var("FAULTLINE_BENCH_SPLICE").map_or(true, |v| v != "0");
+        let server = faultline_proxy::ProxyServer::with_options(faultline_proxy::ServerOptions {
+            splice,
+            ..faultline_proxy::ServerOptions::default()
+        })
+        .expect("server");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind api");
         println!("{}", listener.local_addr().expect("addr"));
         faultline_proxy::api::serve(listener, server, std::future::pending())
@@ -85,6 +91,21 @@ fn rss_kib(pid: u32) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// CPU time (ns) used so far by all threads of `pid`, from schedstat.
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .sum()
 }
 
 /// Reads everything until EOF, then answers one byte.
@@ -369,18 +390,32 @@ async fn run() {
             "| path | MB/s (median) | min | max | ratio vs direct |\n|---|---:|---:|---:|---:|"
         );
         let mut runs: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+        // CPU seconds per GB moved, all processes of the path together (this
+        // process holds client and sink): less sensitive to other load than
+        // wall-clock MB/s, and on 2 busy cores it bounds the throughput ratio.
+        let me = std::process::id();
+        let mut cpu: Vec<(u64, u64)> = vec![(0, 0); targets.len()];
         for _ in 0..BULK_ROUNDS {
-            for (i, (_, b, _, _)) in targets.iter().enumerate() {
+            for (i, (_, b, _, pid)) in targets.iter().enumerate() {
+                let (m0, p0) = (cpu_ns(me), pid.map_or(0, cpu_ns));
                 runs[i].push(bulk(*b, BULK_BYTES).await);
+                cpu[i].0 += cpu_ns(me) - m0;
+                cpu[i].1 += pid.map_or(0, cpu_ns) - p0;
             }
         }
+        let gb = (BULK_BYTES * BULK_ROUNDS as u64) as f64 / 1e9;
         let mut direct_bulk = 0.0;
+        let mut direct_cpu = 0.0;
+        let mut cpu_rows = String::new();
         for (i, (name, _, _, _)) in targets.iter().enumerate() {
             let v = &mut runs[i];
             v.sort_by(f64::total_cmp);
             let med = v[v.len() / 2];
+            let total = (cpu[i].0 + cpu[i].1) as f64 / 1e9 / gb;
+            let proxy = cpu[i].1 as f64 / 1e9 / gb;
             if i == 0 {
                 direct_bulk = med;
+                direct_cpu = total;
             }
             println!(
                 "| {name} | {med:.0} | {:.0} | {:.0} | {:.2}x |",
@@ -388,7 +423,14 @@ async fn run() {
                 v[v.len() - 1],
                 med / direct_bulk
             );
+            cpu_rows.push_str(&format!(
+                "| {name} | {total:.3} | {proxy:.3} | {:.2}x |\n",
+                direct_cpu / total
+            ));
         }
+        println!(
+            "\nCPU per GB (client + sink + proxy): \n\n| path | CPU s/GB total | of which proxy | direct/path (CPU-bound ratio) |\n|---|---:|---:|---:|\n{cpu_rows}"
+        );
     }
 
     if section("echo") {
@@ -402,13 +444,19 @@ async fn run() {
             .iter()
             .map(|_| Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap())
             .collect();
+        let me = std::process::id();
+        let mut cpu: Vec<(u64, u64)> = vec![(0, 0); targets.len()];
         for _ in 0..ECHO_ROUNDS {
-            for (i, (_, _, e, _)) in targets.iter().enumerate() {
+            for (i, (_, _, e, pid)) in targets.iter().enumerate() {
+                let (m0, p0) = (cpu_ns(me), pid.map_or(0, cpu_ns));
                 let h = echo_load(*e).await;
+                cpu[i].0 += cpu_ns(me) - m0;
+                cpu[i].1 += pid.map_or(0, cpu_ns) - p0;
                 hists[i].add(h).unwrap();
             }
         }
         let mut direct_p50 = 0.0;
+        let mut cpu_rows = String::new();
         for (i, (name, _, _, _)) in targets.iter().enumerate() {
             let h = &hists[i];
             let p50 = us(h, 0.5) * 1000.0;
@@ -423,7 +471,16 @@ async fn run() {
                 us(h, 0.999) * 1000.0,
                 p50 / direct_p50
             );
+            let n = h.len().max(1) as f64;
+            cpu_rows.push_str(&format!(
+                "| {name} | {:.2} | {:.2} |\n",
+                (cpu[i].0 + cpu[i].1) as f64 / 1e3 / n,
+                cpu[i].1 as f64 / 1e3 / n
+            ));
         }
+        println!(
+            "\nCPU per request (client + echo server + proxy):\n\n| path | CPU us/request total | of which proxy |\n|---|---:|---:|\n{cpu_rows}"
+        );
     }
 
     if section("latency") {
