@@ -17,7 +17,14 @@ if ! command -v nft >/dev/null 2>&1 || ! command -v haproxy >/dev/null 2>&1; the
 fi
 
 if ! "$venv/bin/python" -c 'import toxiproxy' >/dev/null 2>&1; then
-    python3 -m venv "$venv"
+    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+        # Debian's system python3 ships venv separately.
+        if [ "$(id -u)" = 0 ]; then
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+        fi
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+    fi
     "$venv/bin/pip" install -q 'toxiproxy-python==0.1.1'
 fi
 echo "proxy test deps ready: nft, haproxy, $venv/bin/python (toxiproxy-python)"
