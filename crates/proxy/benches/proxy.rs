@@ -62,8 +62,14 @@ fn serve_proxy_child() {
     rt.block_on(async {
         // FAULTLINE_BENCH_SPLICE=0 copies through user space instead (A/B).
         let splice = std::env::var("FAULTLINE_BENCH_SPLICE").map_or(true, |v| v != "0");
+        // FAULTLINE_BENCH_BUF_KIB sets the chunk buffer size (A/B).
+        let buffer_size = std::env::var("FAULTLINE_BENCH_BUF_KIB")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .map_or(64 * 1024, |k| k * 1024);
         let server = faultline_proxy::ProxyServer::with_options(faultline_proxy::ServerOptions {
             splice,
+            buffer_size,
             ..faultline_proxy::ServerOptions::default()
         })
         .expect("server");
