@@ -407,3 +407,33 @@ async fn jitter_spreads_but_keeps_order() {
     let ((), got) = tokio::join!(writer, reader);
     assert_eq!(got, (0..50u8).collect::<Vec<_>>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuse_with_toxicity_resets_a_share_of_new_connections() {
+    let h = Harness::start().await;
+    let listen = h.proxy_to("refp", echo_server().await).await;
+    h.add_toxic("refp", r#"{"type":"refuse","toxicity":0.5}"#)
+        .await;
+    let mut refused = 0;
+    for i in 0..40 {
+        let ok = match tokio::net::TcpStream::connect(listen).await {
+            Err(_) => false,
+            Ok(mut s) => {
+                let msg = format!("m{i}");
+                let _ = s.write_all(msg.as_bytes()).await;
+                let mut back = vec![0u8; msg.len()];
+                matches!(
+                    tokio::time::timeout(LIMIT, s.read_exact(&mut back)).await,
+                    Ok(Ok(_))
+                )
+            }
+        };
+        if !ok {
+            refused += 1;
+        }
+    }
+    assert!(
+        (8..=32).contains(&refused),
+        "{refused} of 40 refused at toxicity 0.5"
+    );
+}
