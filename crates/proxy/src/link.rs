@@ -301,17 +301,6 @@ fn set_reset(sock: &TcpStream) {
     let _ = socket2::SockRef::from(sock).set_linger(Some(Duration::ZERO));
 }
 
-async fn write_all(sock: &TcpStream, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        match sock.try_write(data) {
-            Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => sock.writable().await?,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 struct Direction<'a> {
     stream: Stream,
     reader: &'a TcpStream,
@@ -337,7 +326,7 @@ struct Direction<'a> {
 /// A pipe for splice(2); kept by a direction once it saw bulk data.
 #[derive(Debug)]
 struct Pipe {
-    read: OwnedFd,
+    read: std::fs::File,
     write: OwnedFd,
     size: usize,
 }
@@ -350,7 +339,11 @@ impl Pipe {
             .ok()
             .and_then(|s| usize::try_from(s).ok())
             .unwrap_or(64 * 1024);
-        Ok(Self { read, write, size })
+        Ok(Self {
+            read: std::fs::File::from(read),
+            write,
+            size,
+        })
     }
 
     /// Socket -> pipe. Called with an empty pipe, so EAGAIN means "socket empty".
@@ -539,8 +532,16 @@ impl<'a> Direction<'a> {
                     Err(_) => break Some(DirEnd::Close),
                 };
                 self.total_in += n as u64;
-                if write_all(self.writer, &buf[..n]).await.is_err() {
-                    break Some(DirEnd::Close);
+                match self.write_or_park(&buf[..n]).await {
+                    Ok(None) => {}
+                    Ok(Some(written)) => {
+                        // Toxics changed while the peer was not reading: the
+                        // rest goes through the new chain (a reset or timeout
+                        // must not wait for a stalled reader).
+                        self.park(buf, written, n);
+                        return None;
+                    }
+                    Err(_) => break Some(DirEnd::Close),
                 }
                 if short > 0 {
                     break None;
@@ -603,8 +604,19 @@ impl<'a> Direction<'a> {
                 match writer.try_io(Interest::WRITABLE, || pipe.drain_to(writer, left)) {
                     Ok(m) => left -= m,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        if self.writer.writable().await.is_err() {
-                            return Some(DirEnd::Close);
+                        let mut changed = false;
+                        tokio::select! {
+                            biased;
+                            () = self.changed() => changed = true,
+                            r = self.writer.writable() => if r.is_err() { return Some(DirEnd::Close) },
+                        }
+                        if changed {
+                            // The reader stalled and the toxics changed: move
+                            // what the pipe holds into the queue, under the new chain.
+                            return match self.unpipe(left) {
+                                Ok(()) => None,
+                                Err(_) => Some(DirEnd::Close),
+                            };
                         }
                     }
                     Err(_) => return Some(DirEnd::Close),
@@ -618,6 +630,58 @@ impl<'a> Direction<'a> {
                 tokio::task::yield_now().await;
             }
         }
+    }
+
+    /// Writes `data`; `Ok(Some(written))` when the socket was full and the
+    /// toxics changed before all of it went out.
+    async fn write_or_park(&self, data: &[u8]) -> io::Result<Option<usize>> {
+        let mut off = 0;
+        while off < data.len() {
+            match self.writer.try_write(&data[off..]) {
+                Ok(n) => off += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    tokio::select! {
+                        biased;
+                        () = self.changed() => return Ok(Some(off)),
+                        r = self.writer.writable() => r?,
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Queues the unwritten part of a pass-through buffer, due at once.
+    fn park(&mut self, buf: Vec<u8>, start: usize, end: usize) {
+        let now = Instant::now();
+        self.queued += end - start;
+        self.queue.push_back(Chunk {
+            buf,
+            start,
+            end,
+            arrived: now,
+            release: now,
+        });
+    }
+
+    /// Moves `left` bytes out of the splice pipe into queued buffers.
+    fn unpipe(&mut self, mut left: usize) -> io::Result<()> {
+        use std::io::Read;
+        while left > 0 {
+            let mut buf = self.shared.pool.get();
+            let want = left.min(buf.len());
+            let Some(pipe) = self.pipe.as_ref() else {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            };
+            let n = (&pipe.read).read(&mut buf[..want])?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            left -= n;
+            self.park(buf, 0, n);
+        }
+        Ok(())
     }
 
     fn forward_eof(&self) -> DirEnd {

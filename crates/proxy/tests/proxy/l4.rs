@@ -437,3 +437,59 @@ async fn refuse_with_toxicity_resets_a_share_of_new_connections() {
         "{refused} of 40 refused at toxicity 0.5"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_reaches_a_stalled_connection() {
+    // The client writes but never reads: every buffer on the path fills and the
+    // proxy's writes block. Adding reset_peer must still reset it at once.
+    let h = Harness::start().await;
+    let listen = h.proxy_to("stall", echo_server().await).await;
+    let sock = connect(listen).await;
+    let chunk = vec![9u8; 64 * 1024];
+    let mut sent = 0usize;
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the path never filled ({sent} bytes)"
+        );
+        match sock.try_write(&chunk) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                // Full for 100 ms: everything downstream is stalled too.
+                if tokio::time::timeout(Duration::from_millis(100), sock.writable())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            Err(e) => panic!("{e}"),
+        }
+        assert!(sent < 512 << 20, "no back-pressure after {sent} bytes");
+    }
+    h.add_toxic(
+        "stall",
+        r#"{"type":"reset_peer","stream":"upstream","attributes":{"timeout":0}}"#,
+    )
+    .await;
+    let err = tokio::time::timeout(LIMIT, async {
+        loop {
+            sock.writable().await.unwrap();
+            match sock.try_write(&chunk) {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => return e,
+            }
+        }
+    })
+    .await
+    .expect("the stalled connection was reset");
+    assert!(
+        matches!(
+            err.kind(),
+            ErrorKind::ConnectionReset | ErrorKind::BrokenPipe
+        ),
+        "{err}"
+    );
+}
