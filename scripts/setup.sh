@@ -15,6 +15,9 @@ PACKAGES=(
   postgresql      # db.lock tests: a real PostgreSQL server
   mariadb-server  # db.lock tests: a real MariaDB server
   mariadb-client
+  nftables        # transparent proxy mode and packet faults: one nft table per fault
+  iproute2        # ip netns / veth: the network tests' own namespaces
+  python3-venv    # the published Toxiproxy client the proxy API is tested with
 )
 
 # Root for package installs and starting services; sudo where we are not root.
@@ -64,6 +67,14 @@ GRANT ALL PRIVILEGES ON *.* TO 'faultline'@'127.0.0.1';
 GRANT ALL PRIVILEGES ON *.* TO 'faultline'@'localhost';
 CREATE DATABASE IF NOT EXISTS faultline_test;
 SQL
+
+# --- the published Toxiproxy client (PyPI) the proxy's API is tested against ---
+venv="${CARGO_TARGET_DIR:-$PWD/target}/proxy-test-venv"
+if ! "$venv/bin/python" -c 'import toxiproxy' >/dev/null 2>&1; then
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q 'toxiproxy-python==0.1.1'
+fi
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found; install Rust with rustup (rust-toolchain.toml pins the version)" >&2

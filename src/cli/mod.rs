@@ -3,6 +3,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod plan;
+mod proxy;
 mod validate;
 
 use std::io::Write as _;
@@ -63,6 +64,9 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Run the standalone fault proxy with its Toxiproxy-compatible API, until
+    /// Ctrl-C or SIGTERM.
+    Proxy(proxy::ProxyArgs),
     /// Print the JSON Schema (draft 2020-12) of the experiment format.
     Schema,
     /// Print shell completions.
@@ -86,6 +90,7 @@ pub fn main() -> ExitCode {
             seed,
             output,
         } => plan::run(&file, inventory.as_deref(), seed, output),
+        Command::Proxy(args) => proxy::run(args),
         Command::Schema => print_json(&faultline_spec::schema::experiment_schema()),
         Command::Completions { shell } => {
             clap_complete::generate(
