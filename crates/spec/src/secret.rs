@@ -74,6 +74,13 @@ impl Secret {
         Ok(out)
     }
 
+    /// The text exactly as written: `${env:NAME}` references unresolved, an inline
+    /// password in clear. Only for the agent's journal (a 0600 file it needs to
+    /// revert after a crash), never for logs, reports or API answers.
+    pub fn as_written(&self) -> &str {
+        &self.0
+    }
+
     /// The text as written, with an inline URL password masked. References stay as
     /// `${env:NAME}`: the name is not the secret.
     pub fn redacted(&self) -> String {
