@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod http;
 pub mod slo;
 pub mod window;
 

@@ -1,0 +1,20 @@
+//! Integration tests of the probes against real local servers (127.0.0.1 only).
+//! One test binary (cheap to link); every test is bounded in time.
+
+mod http;
+mod server;
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Runs `f`, failing the test if it takes longer than `limit`.
+pub async fn bounded<T>(limit: Duration, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(limit, f)
+        .await
+        .unwrap_or_else(|_| panic!("test did not finish within {limit:?}"))
+}
+
+pub fn spec<T: serde::de::DeserializeOwned>(yaml: &str) -> T {
+    serde_yaml::from_str(yaml).expect("test spec parses")
+}
+
