@@ -18,11 +18,17 @@
 
 #![forbid(unsafe_code)]
 
+pub mod command;
 pub mod error;
 pub mod http;
+pub mod prometheus;
+pub mod runner;
 pub mod slo;
+pub mod sql;
+pub mod tcp;
 pub mod window;
 
 pub use error::ProbeError;
+pub use runner::{ProbeHandle, start};
 pub use slo::{Verdict, evaluate};
 pub use window::{Clock, FailureKind, Outcome, Recorder, Sample, Series, WindowStats};

@@ -2,6 +2,7 @@
 //! One test binary (cheap to link); every test is bounded in time.
 
 mod http;
+mod others;
 mod server;
 
 use std::future::Future;
@@ -18,3 +19,8 @@ pub fn spec<T: serde::de::DeserializeOwned>(yaml: &str) -> T {
     serde_yaml::from_str(yaml).expect("test spec parses")
 }
 
+/// A probe as written in an experiment: `{ kind: { parameters } }`.
+pub fn probe(yaml: &str) -> faultline_spec::Probe {
+    serde_yaml::with::singleton_map::deserialize(serde_yaml::Deserializer::from_str(yaml))
+        .expect("test probe parses")
+}
