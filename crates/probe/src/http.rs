@@ -22,7 +22,6 @@
 //! so above 1000 req/s requests go out in small bursts, each timed from its own
 //! scheduled instant.
 
-use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -350,21 +349,18 @@ impl Shared {
     }
 }
 
-/// One keep-alive connection and the task that drives it.
+/// One keep-alive connection. The worker drives it itself, while a request is
+/// pending: no separate task, so a request costs no hand-off between threads.
 struct Conn {
     sender: SendRequest<Full<Bytes>>,
-    driver: JoinHandle<()>,
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        // A request abandoned mid-flight leaves the connection in an unknown state:
-        // close the socket rather than wait for the server.
-        self.driver.abort();
-    }
+    connection: http1::Connection<TokioIo<TcpStream>, Full<Bytes>>,
+    /// The connection future finished (closed by the server, or an error).
+    done: bool,
 }
 
 async fn worker(shared: Arc<Shared>, id: usize, mut jobs: mpsc::Receiver<Duration>) {
+    // Dropping the connection (after an error, a timeout or at the end) closes the
+    // socket: a request abandoned mid-flight leaves it in an unknown state.
     let mut conn: Option<Conn> = None;
     let timeout = shared.load.timeout;
     while let Some(due) = jobs.recv().await {
@@ -383,36 +379,92 @@ async fn worker(shared: Arc<Shared>, id: usize, mut jobs: mpsc::Receiver<Duratio
                 Sample::failure(due, FailureKind::Timeout, Some(timeout))
             }
         };
+        if conn.as_ref().is_some_and(|c| c.done) {
+            conn = None;
+        }
         shared.recorder.record(&sample);
         shared.push_idle(id);
     }
 }
 
 /// Sends one request on the worker's connection (opening one if needed) and reads
-/// the whole answer, so the connection can carry the next request.
+/// the whole answer, so the connection can carry the next request. A kept-alive
+/// connection that the server closed while idle is only found out when used; if
+/// the request provably was not sent on it, it is sent once more on a new one.
 async fn request(shared: &Shared, conn: &mut Option<Conn>) -> Result<u16, FailureKind> {
-    let c = match conn {
-        Some(c) if !c.sender.is_closed() => c,
-        _ => conn.insert(connect(shared).await?),
-    };
-    c.sender.ready().await.map_err(|_| FailureKind::Connect)?;
-    let resp = c
-        .sender
-        .send_request(shared.load.template.clone())
-        .await
-        .map_err(|e| {
-            if e.is_canceled() || e.is_closed() {
-                FailureKind::Connect
-            } else {
-                FailureKind::Protocol
-            }
-        })?;
-    let status = resp.status().as_u16();
-    let mut body = resp.into_body();
-    while let Some(frame) = body.frame().await {
-        frame.map_err(|_| FailureKind::Protocol)?;
+    let reused = conn
+        .as_ref()
+        .is_some_and(|c| !c.done && !c.sender.is_closed());
+    match exchange(shared, conn).await {
+        Err(Attempt::NotSent) if reused => {
+            *conn = None;
+            exchange(shared, conn).await.map_err(Attempt::kind)
+        }
+        r => r.map_err(Attempt::kind),
     }
-    Ok(status)
+}
+
+/// Why one exchange failed.
+enum Attempt {
+    /// hyper guarantees the request was not written: safe to send again.
+    NotSent,
+    Failed(FailureKind),
+}
+
+impl Attempt {
+    fn kind(self) -> FailureKind {
+        match self {
+            Attempt::NotSent => FailureKind::Connect,
+            Attempt::Failed(k) => k,
+        }
+    }
+}
+
+async fn exchange(shared: &Shared, conn: &mut Option<Conn>) -> Result<u16, Attempt> {
+    let c = match conn {
+        Some(c) if !c.done && !c.sender.is_closed() => c,
+        _ => conn.insert(connect(shared).await.map_err(Attempt::Failed)?),
+    };
+    let Conn {
+        sender,
+        connection,
+        done,
+    } = c;
+    let exchange = async {
+        sender.ready().await.map_err(|_| Attempt::NotSent)?;
+        let resp = sender
+            .send_request(shared.load.template.clone())
+            .await
+            .map_err(|e| {
+                if e.is_canceled() {
+                    Attempt::NotSent
+                } else if e.is_closed() {
+                    Attempt::Failed(FailureKind::Connect)
+                } else {
+                    Attempt::Failed(FailureKind::Protocol)
+                }
+            })?;
+        let status = resp.status().as_u16();
+        let mut body = resp.into_body();
+        while let Some(frame) = body.frame().await {
+            frame.map_err(|_| Attempt::Failed(FailureKind::Protocol))?;
+        }
+        Ok(status)
+    };
+    let mut exchange = pin!(exchange);
+    tokio::select! {
+        biased;
+        r = &mut exchange => return r,
+        r = &mut *connection => {
+            *done = true;
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "http probe connection ended");
+            }
+        }
+    }
+    // The connection ended (e.g. `Connection: close`); the answer may still be
+    // complete in the body channel, and if not this fails at once.
+    exchange.await
 }
 
 async fn connect(shared: &Shared) -> Result<Conn, FailureKind> {
@@ -427,18 +479,11 @@ async fn connect(shared: &Shared) -> Result<Conn, FailureKind> {
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|_| FailureKind::Connect)?;
-    let driver = tokio::spawn(drive(connection));
-    Ok(Conn { sender, driver })
-}
-
-async fn drive<F, E>(connection: F)
-where
-    F: Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
-{
-    if let Err(e) = connection.await {
-        tracing::debug!(error = %e, "http probe connection ended");
-    }
+    Ok(Conn {
+        sender,
+        connection,
+        done: false,
+    })
 }
 
 #[cfg(test)]

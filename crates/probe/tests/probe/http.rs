@@ -240,3 +240,25 @@ async fn a_refused_connection_is_a_connect_failure_and_cancel_stops() {
     assert!(r.scheduled >= 5);
     assert_eq!(w.failures(FailureKind::Connect), r.scheduled);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_closes_each_connection_gets_a_new_one() {
+    let srv = Server::start().await;
+    let rec = Recorder::new(Duration::from_secs(1));
+    let l = load(&format!("{{ url: '{}', rate: 100/s }}", srv.url("/close")));
+    let r = bounded(
+        Duration::from_secs(10),
+        l.run(
+            Clock::start(),
+            rec.clone(),
+            for_(Duration::from_millis(300)),
+        ),
+    )
+    .await;
+    let w = rec
+        .snapshot()
+        .window(Duration::ZERO, Duration::from_secs(5));
+    assert_eq!(r.scheduled, 30);
+    assert_eq!(w.successes, 30, "{w:?}");
+    assert_eq!(srv.connections(), 30);
+}

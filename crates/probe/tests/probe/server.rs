@@ -1,5 +1,5 @@
 //! A real HTTP server on 127.0.0.1, port 0, whose answers the path controls:
-//! `/ok`, `/status/{code}`, `/sleep/{ms}`, `/gate` (waits while the gate is closed,
+//! `/ok`, `/status/{code}`, `/sleep/{ms}`, `/close` (and close the connection), `/gate` (waits while the gate is closed,
 //! to stall every request at once), `/api/v1/query` (a Prometheus-shaped answer).
 
 use std::convert::Infallible;
@@ -95,6 +95,13 @@ async fn handle(
             .unwrap_or(StatusCode::BAD_REQUEST);
     } else if let Some(ms) = path.strip_prefix("/sleep/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+    } else if path == "/close" {
+        let mut resp = Response::new(Full::new(body));
+        resp.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+        return Ok(resp);
     } else if path == "/gate" {
         drop(st.gate.read().await);
     } else if path == "/api/v1/query" {
