@@ -18,9 +18,15 @@
 //! one-slot channel, and the sample goes into a bucket under a short lock. What
 //! remains is what hyper needs (the header map it takes ownership of, its dispatch).
 //!
-//! Limits: plain `http://` only (no TLS yet); timers have tokio's 1 ms resolution,
-//! so above 1000 req/s requests go out in small bursts, each timed from its own
-//! scheduled instant.
+//! Each sample also carries its service time (from the moment its worker sent it),
+//! what a closed-loop tool reports: the difference is the client's own lateness.
+//!
+//! Limits: plain `http://` only (no TLS yet). The scheduler sleeps on tokio's timer,
+//! whose resolution is 1 ms: above 1000 req/s requests go out in small bursts, and
+//! each is charged the wait from its exact scheduled instant to the tick that sent
+//! it (0 to 1 ms, as in wrk2, whose send timer also rounds up to whole
+//! milliseconds). A sleeping OS thread as pacer was tried: punctual on an idle
+//! machine, but starved on a busy one, where it carried about half the rate.
 
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -365,10 +371,15 @@ async fn worker(shared: Arc<Shared>, id: usize, mut jobs: mpsc::Receiver<Duratio
     let timeout = shared.load.timeout;
     while let Some(due) = jobs.recv().await {
         let deadline = shared.clock.epoch + due + timeout;
+        let sent = shared.clock.now();
         let result = tokio::time::timeout_at(deadline, request(&shared, &mut conn)).await;
-        let latency = shared.clock.now().saturating_sub(due);
+        let done = shared.clock.now();
+        let latency = done.saturating_sub(due);
+        let service = done.saturating_sub(sent);
         let sample = match result {
-            Ok(Ok(status)) if shared.load.success.allows(status) => Sample::success(due, latency),
+            Ok(Ok(status)) if shared.load.success.allows(status) => {
+                Sample::success(due, latency).with_service(service)
+            }
             Ok(Ok(_)) => Sample::failure(due, FailureKind::Rejected, Some(latency)),
             Ok(Err(kind)) => {
                 conn = None;
@@ -376,7 +387,7 @@ async fn worker(shared: Arc<Shared>, id: usize, mut jobs: mpsc::Receiver<Duratio
             }
             Err(_elapsed) => {
                 conn = None;
-                Sample::failure(due, FailureKind::Timeout, Some(timeout))
+                Sample::failure(due, FailureKind::Timeout, Some(timeout)).with_service(service)
             }
         };
         if conn.as_ref().is_some_and(|c| c.done) {

@@ -96,6 +96,11 @@ pub struct Sample {
     pub latency: Option<Duration>,
     /// The measured value of a value probe (sql, prometheus).
     pub value: Option<f64>,
+    /// From the moment the request was actually sent to the answer: what a
+    /// closed-loop tool would report, without the client's own scheduling lag.
+    /// Diagnostic only (it shows how late the client itself was); SLOs use
+    /// `latency`.
+    pub service: Option<Duration>,
 }
 
 impl Sample {
@@ -105,6 +110,7 @@ impl Sample {
             outcome: Outcome::Success,
             latency: Some(latency),
             value: None,
+            service: None,
         }
     }
 
@@ -114,7 +120,13 @@ impl Sample {
             outcome: Outcome::Failure(kind),
             latency,
             value: None,
+            service: None,
         }
+    }
+
+    pub fn with_service(mut self, service: Duration) -> Self {
+        self.service = Some(service);
+        self
     }
 
     pub fn with_value(mut self, value: f64) -> Self {
@@ -165,6 +177,9 @@ pub struct WindowStats {
     failures: [u64; FailureKind::ALL.len()],
     /// Latencies in microseconds (see the module docs for which samples enter it).
     pub latency: Histogram<u64>,
+    /// Service times in microseconds, of the samples that carry one (see
+    /// [`Sample::service`]), under the same rule as `latency`.
+    pub service: Histogram<u64>,
     pub values: Option<ValueRange>,
 }
 
@@ -174,6 +189,7 @@ impl fmt::Debug for WindowStats {
             .field("successes", &self.successes)
             .field("failures", &self.failures)
             .field("latency_count", &self.latency.len())
+            .field("service_count", &self.service.len())
             .field("values", &self.values)
             .finish()
     }
@@ -191,6 +207,7 @@ impl WindowStats {
             successes: 0,
             failures: [0; FailureKind::ALL.len()],
             latency: new_histogram(),
+            service: new_histogram(),
             values: None,
         }
     }
@@ -206,11 +223,12 @@ impl WindowStats {
                 kind == FailureKind::Timeout
             }
         };
-        if let (true, Some(l)) = (into_histogram, s.latency) {
-            // `record` grows the auto-resizing histogram; clamp only if it cannot.
-            let us = micros(l);
-            if self.latency.record(us).is_err() {
-                self.latency.saturating_record(us);
+        if into_histogram {
+            if let Some(l) = s.latency {
+                record(&mut self.latency, l);
+            }
+            if let Some(l) = s.service {
+                record(&mut self.service, l);
             }
         }
         if let Some(v) = s.value {
@@ -230,7 +248,7 @@ impl WindowStats {
         }
         // Both histograms auto-resize and share the same precision, so `add` only
         // fails on a count overflow, which saturates instead.
-        if self.latency.add(&o.latency).is_err() {
+        if self.latency.add(&o.latency).is_err() || self.service.add(&o.service).is_err() {
             tracing::warn!("latency histogram overflowed while merging windows");
         }
         match (&mut self.values, &o.values) {
@@ -270,6 +288,14 @@ fn new_histogram() -> Histogram<u64> {
     // Auto-resizing, so an idle bucket costs little and no latency is out of range.
     // SIGFIG is a constant in 0..=5, for which `new` cannot fail.
     Histogram::new(SIGFIG).expect("3 significant figures are valid")
+}
+
+fn record(h: &mut Histogram<u64>, d: Duration) {
+    // `record` grows the auto-resizing histogram; clamp only if it cannot.
+    let us = micros(d);
+    if h.record(us).is_err() {
+        h.saturating_record(us);
+    }
 }
 
 fn micros(d: Duration) -> u64 {

@@ -24,6 +24,7 @@ fn for_(d: Duration) -> Limits {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keeps_the_rate_and_reuses_connections() {
+    let _serial = crate::timing().await;
     let srv = Server::start().await;
     let l = load(&format!("{{ url: '{}', rate: 1000/s }}", srv.url("/ok")));
     let rec = Recorder::new(Duration::from_millis(250));
@@ -45,13 +46,18 @@ async fn keeps_the_rate_and_reuses_connections() {
     assert_eq!(w.total(), 1000);
     assert!(w.successes >= 990, "{w:?}, {report:?}");
     assert_eq!(srv.requests(), 1000 - report.saturated);
+    // Every success also carries its service time, never longer than its latency.
+    assert_eq!(w.service.len(), w.successes);
+    assert!(w.service.value_at_quantile(0.5) <= w.latency.value_at_quantile(0.5));
     // Four 250 ms buckets of 250 requests each: the rate held throughout.
     let per_bucket: Vec<u64> = s.buckets().iter().map(|b| b.total()).collect();
     assert_eq!(per_bucket, vec![250, 250, 250, 250]);
-    // Keep-alive: a handful of connections carried a thousand requests.
+    // Keep-alive: each worker opened one connection and carried all its requests
+    // on it (how many workers a busy machine needs varies; that they never
+    // reconnect does not).
     assert_eq!(srv.connections(), report.connections);
-    assert!(report.connections <= report.workers as u64);
-    assert!(report.connections <= 50, "{report:?}");
+    assert_eq!(report.connections, report.workers as u64, "{report:?}");
+    assert!(report.connections <= 500, "{report:?}");
     // Everything scheduled is settled once the load has finished.
     assert!(s.settled >= Duration::from_secs(1) - Duration::from_millis(1));
     let h: Hypothesis = spec("{ probe: api, availability: '>= 99%', p99: '<= 200ms' }");
@@ -61,6 +67,7 @@ async fn keeps_the_rate_and_reuses_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stall_inflates_the_latency_of_everything_scheduled_during_it() {
+    let _serial = crate::timing().await;
     let srv = Server::start().await;
     let l = load(&format!("{{ url: '{}', rate: 200/s }}", srv.url("/gate")));
     let rec = Recorder::new(Duration::from_secs(1));

@@ -15,6 +15,13 @@ pub async fn bounded<T>(limit: Duration, f: impl Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("test did not finish within {limit:?}"))
 }
 
+/// Held by the tests that measure time, so that they do not compete with each
+/// other for the machine's two cores.
+pub async fn timing() -> tokio::sync::MutexGuard<'static, ()> {
+    static TIMING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    TIMING.lock().await
+}
+
 pub fn spec<T: serde::de::DeserializeOwned>(yaml: &str) -> T {
     serde_yaml::from_str(yaml).expect("test spec parses")
 }
