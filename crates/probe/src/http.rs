@@ -1,22 +1,26 @@
 //! Open-loop HTTP load at a fixed rate, timed from each request's scheduled instant.
 //!
 //! The schedule is fixed before anything is sent: request `i` is due at
-//! `start + i / rate`, whatever the server does. A scheduler task hands each due
-//! request to an idle worker; each worker owns one keep-alive HTTP/1.1 connection
-//! (hyper's `client::conn::http1`, reconnecting after an error or a timeout) and
-//! records the request's latency from its *scheduled* instant, as wrk2 does. So a
-//! server that stalls for 500 ms inflates the latency of everything scheduled in
-//! those 500 ms, instead of delaying the schedule and hiding the stall.
+//! `start + i / rate`, whatever the server does. A scheduler task puts each due
+//! request on a queue that worker tasks take from; each worker owns one keep-alive
+//! HTTP/1.1 connection (hyper's `client::conn::http1`, reconnecting after an error
+//! or a timeout) and records the request's latency from its *scheduled* instant,
+//! as wrk2 does. So a server that stalls for 500 ms inflates the latency of
+//! everything scheduled in those 500 ms, instead of delaying the schedule and
+//! hiding the stall; time spent waiting for a free connection counts too.
 //!
-//! In-flight requests are bounded (one per worker, `max_in_flight` workers, started
-//! lazily). A request that comes due while every worker is busy is not queued: it is
-//! recorded as failed, "client saturated", so an overloaded client shows up in the
-//! figures rather than silently lowering the rate.
+//! Requests in flight (queued or being sent) are bounded by `max_in_flight`. A
+//! request that comes due at the bound is not queued: it is recorded as failed,
+//! "client saturated", so an overloaded client shows up in the figures rather than
+//! silently lowering the rate. Workers (and so connections) are added when a
+//! request finds none idle, one at a time: each opens its connection before the
+//! next may start, so a burst never floods the server's accept backlog.
 //!
 //! Per request the generator allocates nothing of its own: the request is a clone of
-//! one prepared template (the body is shared `Bytes`), the hand-off to a worker is a
-//! one-slot channel, and the sample goes into a bucket under a short lock. What
-//! remains is what hyper needs (the header map it takes ownership of, its dispatch).
+//! one prepared template (the body is shared `Bytes`), the queue is a ring buffer
+//! under a short lock, a parked worker is woken through a one-slot channel, and the
+//! sample goes into a bucket under a short lock. What remains is what hyper needs
+//! (the header map it takes ownership of, its dispatch).
 //!
 //! Each sample also carries its service time (from the moment its worker sent it),
 //! what a closed-loop tool reports: the difference is the client's own lateness.
@@ -28,6 +32,7 @@
 //! milliseconds). A sleeping OS thread as pacer was tried: punctual on an idle
 //! machine, but starved on a busy one, where it carried about half the rate.
 
+use std::collections::VecDeque;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -238,10 +243,12 @@ impl HttpLoad {
             load: self,
             clock,
             recorder,
-            idle: Mutex::new(Vec::new()),
+            queue: Mutex::new(Queue::default()),
             connections: AtomicU64::new(0),
         });
-        let mut workers: Vec<(mpsc::Sender<Duration>, JoinHandle<()>)> = Vec::new();
+        let max = shared.load.max_in_flight;
+        let mut wakers: Vec<mpsc::Sender<()>> = Vec::new();
+        let mut handles: Vec<JoinHandle<()>> = Vec::new();
         let mut report = LoadReport::default();
 
         let start = clock.now();
@@ -272,24 +279,33 @@ impl HttpLoad {
                 break;
             }
             report.scheduled += 1;
-            let idle = shared.pop_idle();
-            let sent = match idle {
-                Some(w) => workers[w].0.try_send(due).is_ok(),
-                None if workers.len() < shared.load.max_in_flight => {
-                    let (tx, rx) = mpsc::channel(1);
-                    let id = workers.len();
-                    let sent = tx.try_send(due).is_ok();
-                    let handle = tokio::spawn(worker(Arc::clone(&shared), id, rx));
-                    workers.push((tx, handle));
-                    sent
+            let (accepted, wake, grow) = {
+                let mut q = shared.lock();
+                if q.in_flight >= max {
+                    (false, None, false)
+                } else {
+                    q.in_flight += 1;
+                    q.due.push_back(due);
+                    let wake = q.idle.pop();
+                    let grow = wake.is_none() && !q.growing && wakers.len() < max;
+                    q.growing |= grow;
+                    (true, wake, grow)
                 }
-                None => false,
             };
-            if !sent {
+            if !accepted {
                 report.saturated += 1;
                 shared
                     .recorder
                     .record(&Sample::failure(due, FailureKind::Saturated, None));
+            }
+            if let Some(w) = wake {
+                // The worker is parked on this one-slot channel: it cannot be full.
+                let _ = wakers[w].try_send(());
+            }
+            if grow {
+                let (tx, rx) = mpsc::channel(1);
+                handles.push(tokio::spawn(worker(Arc::clone(&shared), wakers.len(), rx)));
+                wakers.push(tx);
             }
             // Everything scheduled a timeout ago has an answer or has timed out.
             if due.saturating_sub(last_settle) >= Duration::from_millis(100) {
@@ -300,9 +316,10 @@ impl HttpLoad {
             }
         }
 
-        report.workers = workers.len();
-        // Closing the channels lets each worker finish its request and exit.
-        let handles: Vec<_> = workers.into_iter().map(|(_, h)| h).collect();
+        report.workers = wakers.len();
+        // Workers drain the queue, then see it closed (or their channel gone) and exit.
+        shared.lock().closed = true;
+        drop(wakers);
         for h in handles {
             if let Err(e) = h.await {
                 tracing::warn!(error = %e, "http probe worker ended abnormally");
@@ -334,24 +351,30 @@ struct Shared {
     load: HttpLoad,
     clock: Clock,
     recorder: Recorder,
-    /// Workers waiting for a request.
-    idle: Mutex<Vec<usize>>,
+    queue: Mutex<Queue>,
     connections: AtomicU64,
 }
 
-impl Shared {
-    fn pop_idle(&self) -> Option<usize> {
-        self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop()
-    }
+/// Requests due but not yet taken by a worker, and the workers waiting for one.
+#[derive(Default)]
+struct Queue {
+    /// Scheduled instants, oldest first.
+    due: VecDeque<Duration>,
+    /// Parked workers, the most recently busy last (its connection is warm).
+    idle: Vec<usize>,
+    /// Requests queued or being sent: the bound `max_in_flight` applies to this.
+    in_flight: usize,
+    /// A new worker is opening its connection. Workers are added one at a time,
+    /// so a burst never opens hundreds of connections at once (a SYN flood that
+    /// overflows the server's backlog and costs each a 1 s retransmit).
+    growing: bool,
+    /// The schedule ended: workers exit once the queue is empty.
+    closed: bool,
+}
 
-    fn push_idle(&self, id: usize) {
-        self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(id);
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -364,14 +387,46 @@ struct Conn {
     done: bool,
 }
 
-async fn worker(shared: Arc<Shared>, id: usize, mut jobs: mpsc::Receiver<Duration>) {
+async fn worker(shared: Arc<Shared>, id: usize, mut wake: mpsc::Receiver<()>) {
     // Dropping the connection (after an error, a timeout or at the end) closes the
     // socket: a request abandoned mid-flight leaves it in an unknown state.
-    let mut conn: Option<Conn> = None;
+    // The connection is opened before taking work; then the next worker may grow.
+    let mut conn: Option<Conn> = connect(&shared).await.ok();
+    shared.lock().growing = false;
     let timeout = shared.load.timeout;
-    while let Some(due) = jobs.recv().await {
-        let deadline = shared.clock.epoch + due + timeout;
+    let mut finished_one = false;
+    loop {
+        let next = {
+            let mut q = shared.lock();
+            if finished_one {
+                q.in_flight -= 1;
+                finished_one = false;
+            }
+            match q.due.pop_front() {
+                Some(due) => Some(due),
+                None if q.closed => return,
+                None => {
+                    q.idle.push(id);
+                    None
+                }
+            }
+        };
+        let Some(due) = next else {
+            // Woken for a request, or the scheduler is gone (the queue then reads
+            // closed): either way, look at the queue again.
+            let _ = wake.recv().await;
+            continue;
+        };
+        finished_one = true;
         let sent = shared.clock.now();
+        if sent >= due + timeout {
+            // It waited its whole timeout in the queue: do not send it late.
+            shared
+                .recorder
+                .record(&Sample::failure(due, FailureKind::Timeout, Some(timeout)));
+            continue;
+        }
+        let deadline = shared.clock.epoch + due + timeout;
         let result = tokio::time::timeout_at(deadline, request(&shared, &mut conn)).await;
         let done = shared.clock.now();
         let latency = done.saturating_sub(due);
@@ -394,7 +449,6 @@ async fn worker(shared: Arc<Shared>, id: usize, mut jobs: mpsc::Receiver<Duratio
             conn = None;
         }
         shared.recorder.record(&sample);
-        shared.push_idle(id);
     }
 }
 
