@@ -264,7 +264,9 @@ fn oha(
     correction: bool,
 ) -> Option<OhaRun> {
     let mut cmd = Command::new(path);
-    cmd.args(["--no-tui", "--output-format", "json", "-z"])
+    // -w: requests in flight at the deadline are awaited, not counted as errors
+    // (the probe awaits its own too).
+    cmd.args(["--no-tui", "-w", "--output-format", "json", "-z"])
         .arg(format!("{seconds}s"))
         .args(["-c", "50"]);
     if let Some(r) = rate {
