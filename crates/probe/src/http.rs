@@ -142,11 +142,13 @@ pub struct Limits {
 pub struct LoadReport {
     /// Requests scheduled (sent or refused as "client saturated").
     pub scheduled: u64,
-    /// Requests refused because every worker was busy.
+    /// Requests refused ("client saturated") because `max_in_flight` requests
+    /// were already queued or being sent.
     pub saturated: u64,
-    /// TCP connections opened.
+    /// TCP connections opened (one per worker unless a connection broke).
     pub connections: u64,
-    /// Workers started (the most requests ever in flight at once).
+    /// Workers started, each with its own connection: the most requests that
+    /// were ever being sent at once.
     pub workers: usize,
 }
 
