@@ -12,7 +12,12 @@ PACKAGES=(
   gcc             # linker, C for -sys crates and the GPU test fixtures
   binutils        # nm, readelf: the interposer tests read exported symbols
   pkg-config
+  postgresql      # db.lock tests: a real PostgreSQL server
 )
+
+# Root for package installs and starting services; sudo where we are not root.
+as_root=()
+[ "$(id -u)" -eq 0 ] || as_root=(sudo)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -20,11 +25,29 @@ for p in "${PACKAGES[@]}"; do
 done
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}" >&2
-  sudo_cmd=()
-  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
-  "${sudo_cmd[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  "${as_root[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+# --- database servers for the db.lock tests (loopback only) ---
+# PostgreSQL: start the Debian cluster, then a password role the tests log in as
+# over 127.0.0.1 (pg_hba's default for TCP is scram-sha-256).
+pg_cluster=$(pg_lsclusters --no-header 2>/dev/null | awk 'NR==1 {print $1" "$2}')
+if [ -z "$pg_cluster" ]; then
+  echo "setup: no PostgreSQL cluster found (pg_lsclusters); reinstall the postgresql package" >&2
+  exit 1
+fi
+# shellcheck disable=SC2086
+pg_lsclusters --no-header | awk 'NR==1' | grep -q online || "${as_root[@]}" pg_ctlcluster $pg_cluster start
+for _ in $(seq 1 50); do pg_isready -q -h 127.0.0.1 && break; sleep 0.2; done
+pg_isready -q -h 127.0.0.1 || { echo "setup: PostgreSQL did not start: see pg_ctlcluster $pg_cluster start" >&2; exit 1; }
+"${as_root[@]}" su postgres -c "psql -q -v ON_ERROR_STOP=1 -d postgres" <<'SQL'
+DO $$BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'faultline') THEN
+    CREATE ROLE faultline LOGIN SUPERUSER PASSWORD 'faultline';
+  END IF;
+END$$;
+SQL
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found; install Rust with rustup (rust-toolchain.toml pins the version)" >&2

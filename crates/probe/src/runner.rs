@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::ProbeError;
 use crate::http::{HttpLoad, Limits, LoadReport};
 use crate::prometheus::InstantQuery;
-use crate::sql::SqliteQuery;
+use crate::sql::SqlQuery;
 use crate::window::{Clock, FailureKind, Recorder, Sample, Series};
 
 /// A running probe.
@@ -99,7 +99,7 @@ pub fn start_with(spec: &Probe, clock: Clock, limits: Limits) -> Result<ProbeHan
             }))
         }
         Probe::Sql(s) => {
-            let q = Arc::new(SqliteQuery::new(s)?);
+            let q = Arc::new(SqlQuery::new(s)?);
             let ticker = Ticker::every(s.rate.interval(), s.timeout.get(), "sql")?;
             rt.spawn(ticker.run(clock, rec, limits, move || {
                 let q = Arc::clone(&q);

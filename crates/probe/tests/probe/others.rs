@@ -140,9 +140,84 @@ async fn sqlite_query_value_and_missing_database() {
         !dir.path().join("nope.db").exists(),
         "a probe must not create a database"
     );
-    let p: Probe = crate::probe("{ sql: { url: 'postgres://app@127.0.0.1/app' } }");
-    let err = start_with(&p, Clock::start(), limits(1)).expect_err("postgres refused");
+    let p: Probe = crate::probe("{ sql: { url: 'mysql://app@127.0.0.1/app' } }");
+    let err = start_with(&p, Clock::start(), limits(1)).expect_err("mysql refused");
     assert!(err.to_string().contains("not implemented"), "{err}");
+}
+
+/// The PostgreSQL role scripts/setup.sh creates; FAULTLINE_TEST_PG_URL overrides.
+fn pg_url() -> String {
+    std::env::var("FAULTLINE_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://faultline:faultline@127.0.0.1:5432/postgres".to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_query_value_failure_and_cancel_at_timeout() {
+    let url = pg_url();
+    if let Err(e) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+        panic!(
+            "PostgreSQL is not reachable ({e}): start it with `pg_ctlcluster 15 main start` \
+             (scripts/setup.sh does, and creates the `faultline` role), or point \
+             FAULTLINE_TEST_PG_URL at a server"
+        );
+    }
+    let s = run(
+        &format!("{{ sql: {{ url: '{url}', query: 'SELECT 40 + 2', rate: 50/s }} }}"),
+        2,
+    )
+    .await;
+    let w = all(&s);
+    assert_eq!(w.successes, 2, "{w:?}");
+    assert_eq!(w.values.map(|v| v.max), Some(42.0));
+
+    let s = run(
+        &format!("{{ sql: {{ url: '{url}', query: 'SELECT * FROM no_such_table', rate: 50/s }} }}"),
+        1,
+    )
+    .await;
+    assert_eq!(all(&s).failures(FailureKind::Other), 1);
+
+    // A query stuck past the timeout fails as a timeout, and is cancelled on the
+    // server rather than left running.
+    let t0 = Instant::now();
+    let s = run(
+        &format!(
+            "{{ sql: {{ url: '{url}', query: 'SELECT pg_sleep(30)', rate: 50/s, timeout: 300ms }} }}"
+        ),
+        1,
+    )
+    .await;
+    assert_eq!(all(&s).failures(FailureKind::Timeout), 1);
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let mut left = i64::MAX;
+    for _ in 0..50 {
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE application_name = 'faultline-probe' AND query LIKE 'SELECT pg_sleep%' \
+                 AND state = 'active'",
+                &[],
+            )
+            .await
+            .expect("pg_stat_activity");
+        left = row.get(0);
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0, "the timed-out query still runs on the server");
+
+    let s = run(
+        "{ sql: { url: 'postgres://faultline:wrong@127.0.0.1:1/postgres', rate: 50/s } }",
+        1,
+    )
+    .await;
+    assert_eq!(all(&s).failures(FailureKind::Connect), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
