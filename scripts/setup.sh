@@ -12,6 +12,8 @@ PACKAGES=(
   gcc             # linker, C for -sys crates and the GPU test fixtures
   binutils        # nm, readelf: the interposer tests read exported symbols
   pkg-config
+  nftables        # nft: network.loss / network.partition tables and their tests
+  iproute2        # ss -K (cutting connections), ip netns for network test fixtures
 )
 
 missing=()

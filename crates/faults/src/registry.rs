@@ -1,0 +1,152 @@
+//! From a `FaultSpec` to its implementation: one exhaustive match, so a new kind in
+//! the spec does not compile until it has an arm here (docs/adding-a-fault.md).
+
+use faultline_spec::FaultSpec;
+
+use crate::network::{NftTableFault, loss, partition};
+use crate::process::{ProcessKillFault, ProcessPauseFault};
+use crate::{Fault, InjectError};
+
+/// Kinds that exist in the format but not in this agent yet, and the issue or part
+/// that brings each. `capabilities()` is every other kind.
+const UNSUPPORTED: &[(&str, &str)] = &[
+    (
+        "network.latency",
+        "needs the fault proxy (crates/proxy), not in this build yet",
+    ),
+    (
+        "network.drop",
+        "needs the fault proxy (crates/proxy), not in this build yet",
+    ),
+    (
+        "network.bandwidth",
+        "needs the fault proxy (crates/proxy), not in this build yet",
+    ),
+    (
+        "http.error",
+        "needs the L7 fault proxy (crates/proxy), not in this build yet",
+    ),
+    (
+        "http.delay",
+        "needs the L7 fault proxy (crates/proxy), not in this build yet",
+    ),
+    (
+        "db.lock",
+        "database faults come with their own issue (postgres, mysql, sqlite lock sessions)",
+    ),
+    (
+        "gpu.unavailable",
+        "agent control of the CUDA shim's state file comes with issue 7's agent part",
+    ),
+    (
+        "gpu.slow",
+        "agent control of the CUDA shim's state file comes with issue 7's agent part",
+    ),
+    ("gpu.memory_hog", "GPU hogs come with issue 7's agent part"),
+    ("gpu.compute_hog", "GPU hogs come with issue 7's agent part"),
+    (
+        "gpu.device_deny",
+        "cgroup device denial comes with issue 7's agent part",
+    ),
+];
+
+fn unsupported(kind: &'static str) -> InjectError {
+    let reason = UNSUPPORTED
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map_or("not implemented", |(_, r)| r);
+    InjectError::Unsupported {
+        kind,
+        reason: reason.to_owned(),
+    }
+}
+
+/// The kinds this agent can inject (its `/v1/health` capabilities).
+pub fn capabilities() -> Vec<&'static str> {
+    FaultSpec::KINDS
+        .iter()
+        .copied()
+        .filter(|k| !UNSUPPORTED.iter().any(|(u, _)| u == k))
+        .collect()
+}
+
+/// Builds fault `id`, resolving its targets now (the pids to stop, the table name).
+/// Nothing is injected: the caller journals `recovery()` first.
+pub fn build(id: &str, spec: &FaultSpec) -> Result<Box<dyn Fault>, InjectError> {
+    construct(id, spec, None)
+}
+
+/// Rebuilds fault `id` from its journaled spec and recovery state, for revert only.
+pub fn restore(
+    id: &str,
+    spec: &FaultSpec,
+    recovery: &serde_json::Value,
+) -> Result<Box<dyn Fault>, InjectError> {
+    construct(id, spec, Some(recovery))
+}
+
+fn construct(
+    id: &str,
+    spec: &FaultSpec,
+    recovery: Option<&serde_json::Value>,
+) -> Result<Box<dyn Fault>, InjectError> {
+    let kind = spec.kind();
+    Ok(match spec {
+        FaultSpec::NetworkLoss(p) => match recovery {
+            Some(r) => Box::new(NftTableFault::restore(kind, r)?),
+            None => Box::new(loss::new(id, p)?),
+        },
+        FaultSpec::NetworkPartition(p) => match recovery {
+            Some(r) => Box::new(NftTableFault::restore(kind, r)?),
+            None => Box::new(partition::new(id, p)?),
+        },
+        FaultSpec::ProcessPause(p) => match recovery {
+            Some(r) => Box::new(ProcessPauseFault::restore(r)?),
+            None => Box::new(ProcessPauseFault::new(p)?),
+        },
+        FaultSpec::ProcessKill(p) => match recovery {
+            Some(r) => Box::new(ProcessKillFault::restore(p, r)?),
+            None => Box::new(ProcessKillFault::new(p)?),
+        },
+        FaultSpec::NetworkLatency(_)
+        | FaultSpec::NetworkDrop(_)
+        | FaultSpec::NetworkBandwidth(_)
+        | FaultSpec::HttpError(_)
+        | FaultSpec::HttpDelay(_)
+        | FaultSpec::DbLock(_)
+        | FaultSpec::GpuUnavailable(_)
+        | FaultSpec::GpuSlow(_)
+        | FaultSpec::GpuMemoryHog(_)
+        | FaultSpec::GpuComputeHog(_)
+        | FaultSpec::GpuDeviceDeny(_) => return Err(unsupported(kind)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_is_either_capable_or_says_why_not() {
+        for kind in FaultSpec::KINDS {
+            let capable = capabilities().contains(kind);
+            let listed = UNSUPPORTED.iter().any(|(k, _)| k == kind);
+            assert!(capable != listed, "{kind}");
+        }
+        assert_eq!(
+            capabilities().len() + UNSUPPORTED.len(),
+            FaultSpec::KINDS.len()
+        );
+    }
+
+    #[test]
+    fn unsupported_kinds_name_what_brings_them() {
+        let spec = FaultSpec::from_kind_and_params(
+            "network.latency",
+            serde_json::json!({"listen": "127.0.0.1:1", "upstream": "127.0.0.1:2", "delay": "1s"}),
+        )
+        .expect("valid spec");
+        let err = build("x", &spec).expect_err("unsupported");
+        assert!(err.to_string().contains("proxy"), "{err}");
+    }
+}

@@ -1,0 +1,258 @@
+//! Every implemented fault kind through `assert_fault_compliance`, on real processes
+//! and real nftables tables. Network faults target only a loopback address unique to
+//! the test, so they run in parallel with anything else on the host.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::time::Duration;
+
+use faultline_spec::FaultSpec;
+use faultline_testkit::{Child, ComplianceCase, assert_fault_compliance, unique_loopback};
+use serde_json::json;
+
+fn spec(kind: &str, params: serde_json::Value) -> FaultSpec {
+    FaultSpec::from_kind_and_params(kind, params).expect("valid params")
+}
+
+// === process.pause ===
+
+/// Pauses a fresh `sleep` child chosen by `select`.
+struct Pause {
+    child: Option<Child>,
+    select: fn(&Child) -> serde_json::Value,
+    spawn: fn() -> Child,
+}
+
+impl ComplianceCase for Pause {
+    fn spec(&mut self) -> FaultSpec {
+        let child = (self.spawn)();
+        let params = (self.select)(&child);
+        self.child = Some(child);
+        spec("process.pause", params)
+    }
+    async fn effect_visible(&mut self) -> bool {
+        self.child.as_ref().is_some_and(Child::is_stopped)
+    }
+}
+
+#[tokio::test]
+async fn process_pause_by_pid() {
+    let mut case = Pause {
+        child: None,
+        select: |c| json!({ "pid": c.pid() }),
+        spawn: Child::sleep,
+    };
+    assert_fault_compliance("pause-pid", &mut case).await;
+}
+
+/// A copy of `sleep` under a name no other process on the host has.
+fn uniquely_named_sleep() -> Child {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!("faultline-faults-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let name = format!(
+        "fls{}_{}",
+        std::process::id() % 100_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    let path = dir.join(&name);
+    let sleep = ["/usr/bin/sleep", "/bin/sleep"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("sleep is installed");
+    std::fs::copy(sleep, &path).expect("copy sleep");
+    Child::spawn(std::process::Command::new(&path).arg("600"))
+}
+
+#[tokio::test]
+async fn process_pause_by_name() {
+    let mut case = Pause {
+        child: None,
+        select: |c| {
+            let comm = std::fs::read_to_string(format!("/proc/{}/comm", c.pid())).expect("comm");
+            json!({ "name": comm.trim_end() })
+        },
+        spawn: uniquely_named_sleep,
+    };
+    assert_fault_compliance("pause-name", &mut case).await;
+}
+
+/// A cgroup of its own (v2 or a v1 hierarchy, whichever is writable), removed on drop.
+struct Cgroup(std::path::PathBuf);
+
+impl Cgroup {
+    fn new(tag: &str) -> Self {
+        for base in [
+            "/sys/fs/cgroup/pids",
+            "/sys/fs/cgroup/unified",
+            "/sys/fs/cgroup",
+        ] {
+            let dir = std::path::Path::new(base)
+                .join(format!("faultline-test-{tag}-{}", std::process::id()));
+            if std::fs::create_dir(&dir).is_ok() {
+                return Cgroup(dir);
+            }
+        }
+        panic!("no writable cgroup hierarchy under /sys/fs/cgroup (tests run as root)");
+    }
+    fn add(&self, pid: u32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).expect("join cgroup");
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+struct PauseCgroup {
+    cgroup: Cgroup,
+    child: Option<Child>,
+}
+
+impl ComplianceCase for PauseCgroup {
+    fn spec(&mut self) -> FaultSpec {
+        // The previous child leaves the cgroup by dying first.
+        self.child = None;
+        let child = Child::sleep();
+        self.cgroup.add(child.pid());
+        self.child = Some(child);
+        spec(
+            "process.pause",
+            json!({ "cgroup": self.cgroup.0.to_string_lossy() }),
+        )
+    }
+    async fn effect_visible(&mut self) -> bool {
+        self.child.as_ref().is_some_and(Child::is_stopped)
+    }
+}
+
+#[tokio::test]
+async fn process_pause_by_cgroup() {
+    let mut case = PauseCgroup {
+        cgroup: Cgroup::new("pause"),
+        child: None,
+    };
+    assert_fault_compliance("pause-cgroup", &mut case).await;
+    case.child = None;
+}
+
+// === process.kill ===
+
+struct Kill {
+    child: Option<Child>,
+}
+
+impl ComplianceCase for Kill {
+    fn spec(&mut self) -> FaultSpec {
+        let child = Child::sleep();
+        let params = json!({ "pid": child.pid(), "signal": "SIGTERM" });
+        self.child = Some(child);
+        spec("process.kill", params)
+    }
+    async fn effect_visible(&mut self) -> bool {
+        self.child.as_mut().is_some_and(Child::has_exited)
+    }
+}
+
+#[tokio::test]
+async fn process_kill_by_pid() {
+    assert_fault_compliance("kill-pid", &mut Kill { child: None }).await;
+}
+
+// === network.loss, network.partition ===
+
+/// A listener on a loopback address of the test's own; the effect is "a TCP connect
+/// to it fails".
+struct Blocked {
+    kind: &'static str,
+    params: fn(Ipv4Addr, u16) -> serde_json::Value,
+    addr: SocketAddr,
+    _listener: TcpListener,
+}
+
+impl Blocked {
+    fn new(kind: &'static str, params: fn(Ipv4Addr, u16) -> serde_json::Value) -> Self {
+        let listener =
+            TcpListener::bind((unique_loopback(), 0)).expect("bind a unique loopback address");
+        Self {
+            kind,
+            params,
+            addr: listener.local_addr().expect("addr"),
+            _listener: listener,
+        }
+    }
+}
+
+impl ComplianceCase for Blocked {
+    fn spec(&mut self) -> FaultSpec {
+        let SocketAddr::V4(a) = self.addr else {
+            unreachable!("bound v4")
+        };
+        spec(self.kind, (self.params)(*a.ip(), a.port()))
+    }
+    async fn effect_visible(&mut self) -> bool {
+        let connect = tokio::net::TcpStream::connect(self.addr);
+        !matches!(
+            tokio::time::timeout(Duration::from_millis(300), connect).await,
+            Ok(Ok(_))
+        )
+    }
+}
+
+#[tokio::test]
+async fn network_loss_of_every_packet_to_a_peer() {
+    let mut case = Blocked::new(
+        "network.loss",
+        |ip, port| json!({ "probability": "100%", "peers": [ip.to_string()], "ports": [port], "direction": "egress" }),
+    );
+    assert_fault_compliance(&format!("loss-{}", case.addr.port()), &mut case).await;
+}
+
+#[tokio::test]
+async fn network_partition_drop() {
+    let mut case = Blocked::new(
+        "network.partition",
+        |ip, _| json!({ "peers": [ip.to_string()] }),
+    );
+    assert_fault_compliance(&format!("part-drop-{}", case.addr.port()), &mut case).await;
+}
+
+#[tokio::test]
+async fn network_partition_reject_refuses_at_once() {
+    let mut case = Blocked::new(
+        "network.partition",
+        |ip, port| json!({ "peers": [format!("{ip}/32")], "ports": [port], "action": "reject" }),
+    );
+    let id = format!("part-reject-{}", case.addr.port());
+    let mut fault = faultline_faults::build(&id, &case.spec()).expect("build");
+    fault.inject().await.expect("inject");
+    let started = std::time::Instant::now();
+    let res = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::TcpStream::connect(case.addr),
+    )
+    .await;
+    faultline_faults::revert_and_verify(fault.as_mut())
+        .await
+        .expect("revert");
+    let err = res
+        .expect("a rejected connect fails at once, not by timeout")
+        .expect_err("refused");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_fault_compliance(&id, &mut case).await;
+}
+
+// === bad input ===
+
+#[tokio::test]
+async fn a_missing_pid_is_no_target_and_nothing_is_built() {
+    let err = faultline_faults::build("x", &spec("process.pause", json!({ "pid": i32::MAX })))
+        .expect_err("no such pid");
+    assert!(
+        matches!(err, faultline_faults::InjectError::NoTarget { .. }),
+        "{err}"
+    );
+}
