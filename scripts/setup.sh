@@ -14,6 +14,7 @@ PACKAGES=(
   pkg-config
   nftables        # nft: network.loss / network.partition tables and their tests
   iproute2        # ss -K (cutting connections), ip netns for network test fixtures
+  openssl         # test certificates for the agent's TLS tests
 )
 
 missing=()
