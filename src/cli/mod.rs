@@ -2,6 +2,7 @@
 //! only module allowed to print.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod agent;
 mod plan;
 mod validate;
 
@@ -63,6 +64,9 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Run the per-host agent: faults injected under leases, journaled before
+    /// injecting, reverted when a lease lapses and at start.
+    Agent(agent::AgentArgs),
     /// Print the JSON Schema (draft 2020-12) of the experiment format.
     Schema,
     /// Print shell completions.
@@ -86,6 +90,7 @@ pub fn main() -> ExitCode {
             seed,
             output,
         } => plan::run(&file, inventory.as_deref(), seed, output),
+        Command::Agent(args) => agent::run(args),
         Command::Schema => print_json(&faultline_spec::schema::experiment_schema()),
         Command::Completions { shell } => {
             clap_complete::generate(
