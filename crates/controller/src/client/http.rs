@@ -29,7 +29,7 @@ impl std::fmt::Debug for HttpClient {
 }
 
 impl HttpClient {
-    /// A client for the agent `name` at `base` (`http://host:7450` or `https://...`).
+    /// A client for the agent `name` at `base` (`http://host:7600` or `https://...`).
     /// `ca_pem`: the CA that signed the agent's certificate (agents usually have a
     /// private one); without it the platform's roots are used.
     pub fn new(
