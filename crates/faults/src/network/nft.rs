@@ -28,7 +28,7 @@ pub fn table_name(id: &str) -> String {
 }
 
 /// Why `nft` failed, with its stderr.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct NftError(pub String);
 
 impl std::fmt::Display for NftError {
@@ -83,20 +83,97 @@ pub async fn replace_table(name: &str, body: &str) -> Result<(), NftError> {
 }
 
 /// Deletes the table; a table that is not there is success (revert is idempotent).
+///
+/// Concurrent calls (a halt reverting a hundred faults) are coalesced into one
+/// `nft -f -` transaction: one process instead of one per table, which is what
+/// keeps a halt of many faults well under a second.
 pub async fn delete_table(name: &str) -> Result<(), NftError> {
-    match nft(&["delete", "table", "inet", name], None).await {
-        Ok(_) => Ok(()),
-        Err(NftError(e)) if e.contains("No such file or directory") => Ok(()),
-        Err(e) => Err(e),
-    }
+    static DELETES: Batch<Result<(), NftError>> = Batch::new();
+    DELETES
+        .run(name, |names| async move {
+            // Declaring a table first makes deleting it succeed whether or not it
+            // existed, so one missing table does not fail the whole transaction.
+            let script: String = names
+                .iter()
+                .map(|n| format!("table inet {n}\ndelete table inet {n}\n"))
+                .collect();
+            let result = nft(&["-f", "-"], Some(&script)).await.map(drop);
+            names.iter().map(|_| result.clone()).collect()
+        })
+        .await
 }
 
-/// Whether the table exists, asked of the kernel.
+/// Whether the table exists, asked of the kernel. Concurrent calls share one
+/// `nft list tables`.
 pub async fn table_exists(name: &str) -> Result<bool, NftError> {
-    match nft(&["list", "table", "inet", name], None).await {
-        Ok(_) => Ok(true),
-        Err(NftError(e)) if e.contains("No such file or directory") => Ok(false),
-        Err(e) => Err(e),
+    static LISTS: Batch<Result<bool, NftError>> = Batch::new();
+    LISTS
+        .run(name, |names| async move {
+            match nft(&["list", "tables", "inet"], None).await {
+                Ok(out) => {
+                    let present: Vec<&str> = out
+                        .lines()
+                        .filter_map(|l| l.split_whitespace().nth(2))
+                        .collect();
+                    names
+                        .iter()
+                        .map(|n| Ok(present.contains(&n.as_str())))
+                        .collect()
+                }
+                Err(e) => names.iter().map(|_| Err(e.clone())).collect(),
+            }
+        })
+        .await
+}
+
+/// Coalesces concurrent requests: whoever holds the lock runs everything pending
+/// in one go and answers every waiter.
+struct Batch<R> {
+    pending: std::sync::Mutex<Vec<(String, tokio::sync::oneshot::Sender<R>)>>,
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl<R: Send> Batch<R> {
+    const fn new() -> Self {
+        Self {
+            pending: std::sync::Mutex::new(Vec::new()),
+            lock: tokio::sync::Mutex::const_new(()),
+        }
+    }
+
+    async fn run<F, Fut>(&self, name: &str, exec: F) -> R
+    where
+        F: Fn(Vec<String>) -> Fut,
+        Fut: std::future::Future<Output = Vec<R>>,
+    {
+        loop {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.lock_pending().push((name.to_owned(), tx));
+            // Let the other reverts of the same halt queue up behind this one.
+            tokio::task::yield_now().await;
+            {
+                let _guard = self.lock.lock().await;
+                let batch = std::mem::take(&mut *self.lock_pending());
+                if !batch.is_empty() {
+                    let (names, senders): (Vec<String>, Vec<_>) = batch.into_iter().unzip();
+                    for (tx, r) in senders.into_iter().zip(exec(names).await) {
+                        let _ = tx.send(r);
+                    }
+                }
+            }
+            // Answered by the batch above or by an earlier one, both run under the
+            // lock we just held.
+            if let Ok(r) = rx.await {
+                return r;
+            }
+            // The batch holding our entry was cancelled before answering: ask again.
+        }
+    }
+
+    fn lock_pending(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Vec<(String, tokio::sync::oneshot::Sender<R>)>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
