@@ -160,7 +160,10 @@ mod tests {
             let v = serde_yaml::Value::deserialize(doc).expect("manifest is YAML");
             if let Some(cfg) = v["data"]["agent.yaml"].as_str() {
                 let c: ConfigFile = serde_yaml::from_str(cfg).expect("agent.yaml parses");
-                assert!(c.token_file.is_some(), "a DaemonSet listens beyond loopback");
+                assert!(
+                    c.token_file.is_some(),
+                    "a DaemonSet listens beyond loopback"
+                );
                 found = true;
             }
         }

@@ -14,7 +14,8 @@ const FAULTS: usize = 100;
 const ROUNDS: usize = 5;
 
 fn request(kind: &str, params: serde_json::Value) -> FaultRequest {
-    serde_json::from_value(json!({"kind": kind, "params": params, "lease": "60s"})).expect("request")
+    serde_json::from_value(json!({"kind": kind, "params": params, "lease": "60s"}))
+        .expect("request")
 }
 
 #[tokio::main]
@@ -46,8 +47,11 @@ async fn main() {
         let took = started.elapsed();
         assert_eq!(report.reverted.len(), FAULTS, "failed: {:?}", report.failed);
         for c in &children {
-            let stat = std::fs::read_to_string(format!("/proc/{}/stat", c.id())).unwrap_or_default();
-            let state = stat.rsplit_once(')').and_then(|(_, r)| r.trim().chars().next());
+            let stat =
+                std::fs::read_to_string(format!("/proc/{}/stat", c.id())).unwrap_or_default();
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.trim().chars().next());
             assert_ne!(state, Some('T'), "pid {} still stopped", c.id());
         }
         println!("round {round}: halt of {FAULTS} faults took {took:?}");
