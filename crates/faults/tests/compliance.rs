@@ -61,7 +61,16 @@ fn uniquely_named_sleep() -> Child {
         .find(|p| std::path::Path::new(p).exists())
         .expect("sleep is installed");
     std::fs::copy(sleep, &path).expect("copy sleep");
-    Child::spawn(std::process::Command::new(&path).arg("600"))
+    let child = Child::spawn(std::process::Command::new(&path).arg("600"));
+    // Until the exec completes, the child's comm is still this test thread's name.
+    let comm =
+        || std::fs::read_to_string(format!("/proc/{}/comm", child.pid())).unwrap_or_default();
+    assert!(
+        faultline_testkit::eventually_blocking(Duration::from_secs(5), || comm().trim_end()
+            == name),
+        "the copy of sleep never ran under its own name"
+    );
+    child
 }
 
 #[tokio::test]

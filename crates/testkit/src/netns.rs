@@ -13,11 +13,27 @@ fn unique_number() -> u32 {
     (std::process::id().wrapping_mul(131) + n) % 60_000
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_addresses_do_not_repeat() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            let a = unique_loopback();
+            assert!(a.is_loopback() && a.octets()[3] != 0 && a.octets()[3] != 255);
+            assert!(seen.insert(a), "{a} given twice");
+        }
+    }
+}
+
 /// An address in 127.77.0.0/16 no other test of this run uses. The whole of 127/8
 /// is local on Linux, so a listener can bind it without setup.
 pub fn unique_loopback() -> Ipv4Addr {
+    // Never .0 or .255 in the last octet, and never two numbers on one address.
     let n = unique_number();
-    Ipv4Addr::new(127, 77, (n >> 8) as u8, (n & 0xff) as u8 | 1)
+    Ipv4Addr::new(127, 77, (n / 254 % 256) as u8, (n % 254 + 1) as u8)
 }
 
 /// A network namespace with a veth pair: `host_ip` on this side, `ns_ip` inside.
