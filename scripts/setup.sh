@@ -12,10 +12,18 @@ PACKAGES=(
   gcc             # linker, C for -sys crates and the GPU test fixtures
   binutils        # nm, readelf: the interposer tests read exported symbols
   pkg-config
-  nftables        # nft: network.loss / network.partition tables and their tests
-  iproute2        # ss -K (cutting connections), ip netns for network test fixtures
+  postgresql      # db.lock tests: a real PostgreSQL server
+  mariadb-server  # db.lock tests: a real MariaDB server
+  mariadb-client
+  nftables        # transparent proxy mode and packet faults: one nft table per fault
+  iproute2        # ip netns / veth: the network tests' own namespaces; ss -K
+  python3-venv    # the published Toxiproxy client the proxy API is tested with
   openssl         # test certificates for the agent's TLS tests
 )
+
+# Root for package installs and starting services; sudo where we are not root.
+as_root=()
+[ "$(id -u)" -eq 0 ] || as_root=(sudo)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -23,10 +31,50 @@ for p in "${PACKAGES[@]}"; do
 done
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}" >&2
-  sudo_cmd=()
-  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
-  "${sudo_cmd[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  "${as_root[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# --- database servers for the db.lock tests (loopback only) ---
+# PostgreSQL: start the Debian cluster, then a password role the tests log in as
+# over 127.0.0.1 (pg_hba's default for TCP is scram-sha-256).
+pg_cluster=$(pg_lsclusters --no-header 2>/dev/null | awk 'NR==1 {print $1" "$2}')
+if [ -z "$pg_cluster" ]; then
+  echo "setup: no PostgreSQL cluster found (pg_lsclusters); reinstall the postgresql package" >&2
+  exit 1
+fi
+# shellcheck disable=SC2086
+pg_lsclusters --no-header | awk 'NR==1' | grep -q online || "${as_root[@]}" pg_ctlcluster $pg_cluster start
+for _ in $(seq 1 50); do pg_isready -q -h 127.0.0.1 && break; sleep 0.2; done
+pg_isready -q -h 127.0.0.1 || { echo "setup: PostgreSQL did not start: see pg_ctlcluster $pg_cluster start" >&2; exit 1; }
+"${as_root[@]}" su postgres -c "psql -q -v ON_ERROR_STOP=1 -d postgres" <<'SQL'
+DO $$BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'faultline') THEN
+    CREATE ROLE faultline LOGIN SUPERUSER PASSWORD 'faultline';
+  END IF;
+END$$;
+SQL
+
+# MariaDB: Debian's init script (no systemd needed), then the test user.
+if ! mariadb-admin ping --silent >/dev/null 2>&1; then
+  "${as_root[@]}" service mariadb start >/dev/null
+fi
+for _ in $(seq 1 50); do mariadb-admin ping --silent >/dev/null 2>&1 && break; sleep 0.2; done
+mariadb-admin ping --silent >/dev/null 2>&1 || { echo "setup: MariaDB did not start: see service mariadb start" >&2; exit 1; }
+"${as_root[@]}" mariadb <<'SQL'
+CREATE USER IF NOT EXISTS 'faultline'@'127.0.0.1' IDENTIFIED BY 'faultline';
+CREATE USER IF NOT EXISTS 'faultline'@'localhost' IDENTIFIED BY 'faultline';
+GRANT ALL PRIVILEGES ON *.* TO 'faultline'@'127.0.0.1';
+GRANT ALL PRIVILEGES ON *.* TO 'faultline'@'localhost';
+CREATE DATABASE IF NOT EXISTS faultline_test;
+SQL
+
+# --- the published Toxiproxy client (PyPI) the proxy's API is tested against ---
+venv="${CARGO_TARGET_DIR:-$PWD/target}/proxy-test-venv"
+if ! "$venv/bin/python" -c 'import toxiproxy' >/dev/null 2>&1; then
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q 'toxiproxy-python==0.1.1'
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

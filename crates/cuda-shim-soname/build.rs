@@ -15,31 +15,9 @@
 //! SONAME, ahead of the shim's NVML build (crates/nvml-shim-soname).
 #![forbid(unsafe_code)]
 
-use std::path::Path;
-use std::process::Command;
-
-fn stub(out: &Path, soname: &str) -> String {
-    let path = out.join(soname);
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_string());
-    let status = Command::new(&cc)
-        .args(["-shared", "-nostdlib", "-x", "c", "/dev/null", "-o"])
-        .arg(&path)
-        .arg(format!("-Wl,-soname,{soname}"))
-        .status();
-    match status {
-        Ok(s) if s.success() => {}
-        other => panic!("building the {soname} stand-in with {cc} failed: {other:?}"),
-    }
-    path.display().to_string()
-}
+#[path = "soname_link.rs"]
+mod soname_link;
 
 fn main() {
-    let out = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
-    let out = Path::new(&out);
-    let real = stub(out, "libfaultline-real-cuda.so.1");
-    println!("cargo::rustc-cdylib-link-arg=-Wl,-soname,libcuda.so.1");
-    println!("cargo::rustc-cdylib-link-arg=-Wl,--no-as-needed,{real},--as-needed");
-    println!("cargo::rustc-cdylib-link-arg=-Wl,-rpath,$ORIGIN");
-    println!("cargo::rerun-if-changed=build.rs");
-    println!("cargo::rerun-if-env-changed=CC");
+    soname_link::link_as("libcuda.so.1", "libfaultline-real-cuda.so.1");
 }

@@ -4,6 +4,7 @@
 
 mod agent;
 mod plan;
+mod proxy;
 mod validate;
 
 use std::io::Write as _;
@@ -67,6 +68,9 @@ enum Command {
     /// Run the per-host agent: faults injected under leases, journaled before
     /// injecting, reverted when a lease lapses and at start.
     Agent(agent::AgentArgs),
+    /// Run the standalone fault proxy with its Toxiproxy-compatible API, until
+    /// Ctrl-C or SIGTERM.
+    Proxy(proxy::ProxyArgs),
     /// Print the JSON Schema (draft 2020-12) of the experiment format.
     Schema,
     /// Print shell completions.
@@ -91,6 +95,7 @@ pub fn main() -> ExitCode {
             output,
         } => plan::run(&file, inventory.as_deref(), seed, output),
         Command::Agent(args) => agent::run(args),
+        Command::Proxy(args) => proxy::run(args),
         Command::Schema => print_json(&faultline_spec::schema::experiment_schema()),
         Command::Completions { shell } => {
             clap_complete::generate(

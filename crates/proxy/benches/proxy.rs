@@ -1,0 +1,552 @@
+//! Benchmark of the fault proxy against direct loopback and HAProxy, in one run,
+//! side by side: bulk throughput, 50-connection echo latency percentiles, the
+//! delay a 100 ms latency toxic really adds, bulk throughput through that toxic,
+//! and RSS per idle proxied connection. Not a test: it reports, it does not judge.
+//!
+//! Run: `bash bench/proxy/run.sh` (or `cargo bench -p faultline-proxy --bench proxy`).
+//! faultline's proxy runs in a child process of this binary (like HAProxy, its
+//! own process), driven only through its Toxiproxy-compatible API; the load
+//! generator and the upstream servers run here.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const BULK_BYTES: u64 = 512 << 20;
+const BULK_ROUNDS: usize = 5;
+const ECHO_ROUNDS: usize = 3;
+const LAT_BULK_BYTES: u64 = 512 << 20;
+const ECHO_CONNS: usize = 50;
+const ECHO_SECS: u64 = 2;
+const IDLE_CONNS: usize = 1000;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--serve-proxy") {
+        serve_proxy_child();
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(run());
+}
+
+/// The proxy under test, in its own process with its own 2-worker runtime.
+fn serve_proxy_child() {
+    // FAULTLINE_BENCH_PROXY_THREADS=1 runs the proxy on a current-thread runtime.
+    let threads: usize = std::env::var("FAULTLINE_BENCH_PROXY_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let rt = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    };
+    rt.block_on(async {
+        // FAULTLINE_BENCH_SPLICE=0 copies through user space instead (A/B).
+        let splice = std::env::var("FAULTLINE_BENCH_SPLICE").map_or(true, |v| v != "0");
+        // FAULTLINE_BENCH_BUF_KIB sets the chunk buffer size (A/B).
+        let buffer_size = std::env::var("FAULTLINE_BENCH_BUF_KIB")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .map_or(64 * 1024, |k| k * 1024);
+        let server = faultline_proxy::ProxyServer::with_options(faultline_proxy::ServerOptions {
+            splice,
+            buffer_size,
+            ..faultline_proxy::ServerOptions::default()
+        })
+        .expect("server");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind api");
+        println!("{}", listener.local_addr().expect("addr"));
+        faultline_proxy::api::serve(listener, server, std::future::pending())
+            .await
+            .expect("api");
+    });
+}
+
+struct KillOnDrop(Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU time (ns) used so far by all threads of `pid`, from schedstat.
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// Reads everything until EOF, then answers one byte.
+async fn sink_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let _ = s.set_nodelay(true);
+                let mut buf = vec![0u8; 256 * 1024];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+                let _ = s.write_all(b"k").await;
+            });
+        }
+    });
+    addr
+}
+
+async fn echo_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let _ = s.set_nodelay(true);
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// MB/s (10^6) of `bytes` written to `addr` until the sink acknowledged all.
+async fn bulk(addr: SocketAddr, bytes: u64) -> f64 {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let chunk = vec![0x5au8; 256 * 1024];
+    let start = Instant::now();
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        s.write_all(&chunk[..n]).await.unwrap();
+        left -= n as u64;
+    }
+    s.shutdown().await.unwrap();
+    let mut ack = [0u8; 1];
+    s.read_exact(&mut ack).await.unwrap();
+    bytes as f64 / start.elapsed().as_secs_f64() / 1e6
+}
+
+async fn bulk_median(addr: SocketAddr, bytes: u64, runs: usize) -> f64 {
+    let mut v = Vec::new();
+    for _ in 0..runs {
+        v.push(bulk(addr, bytes).await);
+    }
+    v.sort_by(f64::total_cmp);
+    v[runs / 2]
+}
+
+/// 50 connections doing 64-byte ping-pong for ECHO_SECS; latency histogram in us.
+async fn echo_load(addr: SocketAddr) -> Histogram<u64> {
+    let deadline = Instant::now() + Duration::from_secs(ECHO_SECS);
+    let mut tasks = Vec::new();
+    for _ in 0..ECHO_CONNS {
+        tasks.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.set_nodelay(true).unwrap();
+            let msg = [7u8; 64];
+            let mut back = [0u8; 64];
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                s.write_all(&msg).await.unwrap();
+                s.read_exact(&mut back).await.unwrap();
+                h.record(t.elapsed().as_micros().max(1) as u64).unwrap();
+            }
+            h
+        }));
+    }
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    for t in tasks {
+        all.add(t.await.unwrap()).unwrap();
+    }
+    all
+}
+
+async fn rtt_samples(addr: SocketAddr, n: usize) -> Vec<Duration> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let mut out = Vec::with_capacity(n);
+    let mut back = [0u8; 16];
+    for _ in 0..n {
+        let t = Instant::now();
+        s.write_all(&[1u8; 16]).await.unwrap();
+        s.read_exact(&mut back).await.unwrap();
+        out.push(t.elapsed());
+    }
+    out
+}
+
+/// RSS growth (KiB) of `pid` per connection over IDLE_CONNS idle connections.
+async fn idle_rss_per_conn(addr: SocketAddr, pid: u32) -> f64 {
+    // Warm up allocator and runtime so the delta is per-connection cost only.
+    let mut warm = Vec::new();
+    for _ in 0..50 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"w").await.unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        warm.push(s);
+    }
+    drop(warm);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = rss_kib(pid);
+    let mut conns = Vec::with_capacity(IDLE_CONNS);
+    for _ in 0..IDLE_CONNS {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        // One round trip: the connection is fully set up on both sides.
+        s.write_all(b"x").await.unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        conns.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = rss_kib(pid);
+    drop(conns);
+    (after.saturating_sub(before)) as f64 / IDLE_CONNS as f64
+}
+
+async fn api(api: SocketAddr, method: &str, path: &str, body: &str) -> String {
+    let mut s = TcpStream::connect(api).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(
+        out.starts_with("HTTP/1.1 2"),
+        "API {method} {path} failed: {out}"
+    );
+    out
+}
+
+fn listen_of(resp: &str) -> SocketAddr {
+    let body = &resp[resp.find("\r\n\r\n").unwrap() + 4..];
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    v["listen"].as_str().unwrap().parse().unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_haproxy(
+    sink: SocketAddr,
+    echo: SocketAddr,
+) -> Option<(KillOnDrop, SocketAddr, SocketAddr)> {
+    let (p1, p2) = (free_port(), free_port());
+    let cfg = format!(
+        "global\n  maxconn 8000\n  nbthread 2\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n\
+         listen bulk\n  bind 127.0.0.1:{p1}\n  server s1 {sink}\n\
+         listen echo\n  bind 127.0.0.1:{p2}\n  server s1 {echo}\n"
+    );
+    let path = std::env::temp_dir().join(format!(
+        "faultline-bench-haproxy-{}.cfg",
+        std::process::id()
+    ));
+    std::fs::File::create(&path)
+        .ok()?
+        .write_all(cfg.as_bytes())
+        .ok()?;
+    let child = Command::new("haproxy")
+        .args(["-db", "-f"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let guard = KillOnDrop(child);
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", p2)).is_ok() {
+            return Some((
+                guard,
+                SocketAddr::from(([127, 0, 0, 1], p1)),
+                SocketAddr::from(([127, 0, 0, 1], p2)),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+fn us(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+async fn run() {
+    let sink = sink_server().await;
+    let echo = echo_server().await;
+
+    // faultline proxy in a child process, driven through its Toxiproxy API.
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Command::new(exe)
+        .arg("--serve-proxy")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let fl_pid = child.id();
+    let _fl = KillOnDrop(child);
+    let api_addr: SocketAddr = line.trim().parse().unwrap();
+    let fl_bulk = listen_of(
+        &api(
+            api_addr,
+            "POST",
+            "/proxies",
+            &format!(r#"{{"name":"bulk","listen":"127.0.0.1:0","upstream":"{sink}"}}"#),
+        )
+        .await,
+    );
+    let fl_echo = listen_of(
+        &api(
+            api_addr,
+            "POST",
+            "/proxies",
+            &format!(r#"{{"name":"echo","listen":"127.0.0.1:0","upstream":"{echo}"}}"#),
+        )
+        .await,
+    );
+
+    let haproxy = start_haproxy(sink, echo);
+    if haproxy.is_none() {
+        eprintln!("haproxy not found or failed to start: apt-get install -y haproxy");
+    }
+
+    let mut targets: Vec<(&str, SocketAddr, SocketAddr, Option<u32>)> = vec![
+        ("direct loopback", sink, echo, None),
+        ("faultline proxy", fl_bulk, fl_echo, Some(fl_pid)),
+    ];
+    if let Some((g, b, e)) = &haproxy {
+        targets.push(("HAProxy 2.6 (Debian)", *b, *e, Some(g.0.id())));
+    }
+
+    // FAULTLINE_BENCH_ONLY=bulk|echo|latency|memory runs one section (profiling).
+    let only = std::env::var("FAULTLINE_BENCH_ONLY").unwrap_or_default();
+    let section = |name: &str| only.is_empty() || only == name;
+
+    // Background load on a shared 2-core machine moves every figure, so the
+    // paths are measured in interleaved rounds (A B C, A B C, ...) and each
+    // path's figures come from all its rounds: a load spike hits all alike.
+    if section("bulk") {
+        println!(
+            "## Bulk throughput ({} MiB per transfer, {BULK_ROUNDS} interleaved rounds, median)\n",
+            BULK_BYTES >> 20
+        );
+        println!(
+            "| path | MB/s (median) | min | max | ratio vs direct |\n|---|---:|---:|---:|---:|"
+        );
+        let mut runs: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+        // CPU seconds per GB moved, all processes of the path together (this
+        // process holds client and sink): less sensitive to other load than
+        // wall-clock MB/s, and on 2 busy cores it bounds the throughput ratio.
+        let me = std::process::id();
+        let mut cpu: Vec<(u64, u64)> = vec![(0, 0); targets.len()];
+        for _ in 0..BULK_ROUNDS {
+            for (i, (_, b, _, pid)) in targets.iter().enumerate() {
+                let (m0, p0) = (cpu_ns(me), pid.map_or(0, cpu_ns));
+                runs[i].push(bulk(*b, BULK_BYTES).await);
+                cpu[i].0 += cpu_ns(me) - m0;
+                cpu[i].1 += pid.map_or(0, cpu_ns) - p0;
+            }
+        }
+        let gb = (BULK_BYTES * BULK_ROUNDS as u64) as f64 / 1e9;
+        let mut direct_bulk = 0.0;
+        let mut direct_cpu = 0.0;
+        let mut cpu_rows = String::new();
+        for (i, (name, _, _, _)) in targets.iter().enumerate() {
+            let v = &mut runs[i];
+            v.sort_by(f64::total_cmp);
+            let med = v[v.len() / 2];
+            let total = (cpu[i].0 + cpu[i].1) as f64 / 1e9 / gb;
+            let proxy = cpu[i].1 as f64 / 1e9 / gb;
+            if i == 0 {
+                direct_bulk = med;
+                direct_cpu = total;
+            }
+            println!(
+                "| {name} | {med:.0} | {:.0} | {:.0} | {:.2}x |",
+                v[0],
+                v[v.len() - 1],
+                med / direct_bulk
+            );
+            cpu_rows.push_str(&format!(
+                "| {name} | {total:.3} | {proxy:.3} | {:.2}x |\n",
+                direct_cpu / total
+            ));
+        }
+        println!(
+            "\nCPU per GB (client + sink + proxy): \n\n| path | CPU s/GB total | of which proxy | direct/path (CPU-bound ratio) |\n|---|---:|---:|---:|\n{cpu_rows}"
+        );
+    }
+
+    if section("echo") {
+        println!(
+            "\n## Echo, {ECHO_CONNS} concurrent connections, 64-byte ping-pong, {ECHO_ROUNDS} interleaved rounds of {ECHO_SECS} s\n"
+        );
+        println!(
+            "| path | requests | p50 us | p99 us | p999 us | p50 ratio vs direct |\n|---|---:|---:|---:|---:|---:|"
+        );
+        let mut hists: Vec<Histogram<u64>> = targets
+            .iter()
+            .map(|_| Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap())
+            .collect();
+        let me = std::process::id();
+        let mut cpu: Vec<(u64, u64)> = vec![(0, 0); targets.len()];
+        for _ in 0..ECHO_ROUNDS {
+            for (i, (_, _, e, pid)) in targets.iter().enumerate() {
+                let (m0, p0) = (cpu_ns(me), pid.map_or(0, cpu_ns));
+                let h = echo_load(*e).await;
+                cpu[i].0 += cpu_ns(me) - m0;
+                cpu[i].1 += pid.map_or(0, cpu_ns) - p0;
+                hists[i].add(h).unwrap();
+            }
+        }
+        let mut direct_p50 = 0.0;
+        let mut cpu_rows = String::new();
+        for (i, (name, _, _, _)) in targets.iter().enumerate() {
+            let h = &hists[i];
+            let p50 = us(h, 0.5) * 1000.0;
+            if i == 0 {
+                direct_p50 = p50;
+            }
+            println!(
+                "| {name} | {} | {:.0} | {:.0} | {:.0} | {:.2}x |",
+                h.len(),
+                p50,
+                us(h, 0.99) * 1000.0,
+                us(h, 0.999) * 1000.0,
+                p50 / direct_p50
+            );
+            let n = h.len().max(1) as f64;
+            cpu_rows.push_str(&format!(
+                "| {name} | {:.2} | {:.2} |\n",
+                (cpu[i].0 + cpu[i].1) as f64 / 1e3 / n,
+                cpu[i].1 as f64 / 1e3 / n
+            ));
+        }
+        println!(
+            "\nCPU per request (client + echo server + proxy):\n\n| path | CPU us/request total | of which proxy |\n|---|---:|---:|\n{cpu_rows}"
+        );
+    }
+
+    if section("latency") {
+        // 100 ms latency toxic on the echo proxy's downstream: the added delay.
+        let base = rtt_samples(fl_echo, 200).await;
+        let mut base_sorted = base.clone();
+        base_sorted.sort();
+        let base_med = base_sorted[base_sorted.len() / 2];
+        api(
+            api_addr,
+            "POST",
+            "/proxies/echo/toxics",
+            r#"{"name":"lat","type":"latency","stream":"downstream","attributes":{"latency":100}}"#,
+        )
+        .await;
+        let slow = rtt_samples(fl_echo, 100).await;
+        let mut added: Vec<f64> = slow
+            .iter()
+            .map(|d| (d.as_secs_f64() - base_med.as_secs_f64()) * 1000.0)
+            .collect();
+        added.sort_by(f64::total_cmp);
+        let mean = added.iter().sum::<f64>() / added.len() as f64;
+        let p99 = added[((added.len() as f64) * 0.99).ceil() as usize - 1];
+        println!("\n## 100 ms latency toxic (faultline only; HAProxy has no such fault)\n");
+        println!(
+            "Added delay over the proxy's own no-toxic round trip (median {:.0} us), 100 round trips:\n",
+            base_med.as_secs_f64() * 1e6
+        );
+        println!("| mean ms | p99 ms | min ms | max ms |\n|---:|---:|---:|---:|");
+        println!(
+            "| {mean:.3} | {p99:.3} | {:.3} | {:.3} |",
+            added[0],
+            added[added.len() - 1]
+        );
+
+        api(
+            api_addr,
+            "POST",
+            "/proxies/bulk/toxics",
+            r#"{"name":"lat","type":"latency","stream":"upstream","attributes":{"latency":100}}"#,
+        )
+        .await;
+        let through = bulk_median(fl_bulk, LAT_BULK_BYTES, 3).await;
+        println!(
+            "\nBulk through the 100 ms toxic ({} MiB, median of 3, includes the first 100 ms): **{through:.0} MB/s**",
+            LAT_BULK_BYTES >> 20
+        );
+        api(api_addr, "POST", "/reset", "").await;
+    }
+
+    if section("memory") {
+        println!(
+            "\n## Memory per idle proxied connection (RSS delta over {IDLE_CONNS} connections)\n"
+        );
+        println!("| proxy | KiB per connection |\n|---|---:|");
+        for (name, _, e, pid) in &targets {
+            if let Some(pid) = pid {
+                let v = idle_rss_per_conn(*e, *pid).await;
+                println!("| {name} | {v:.2} |");
+            }
+        }
+    }
+}

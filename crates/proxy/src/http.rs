@@ -1,0 +1,373 @@
+//! L7 HTTP faults for the gateway case: an HTTP-aware reverse proxy (hyper; the
+//! server side speaks HTTP/1.1 and h2c, the client side pools keep-alive
+//! connections to the upstream) that injects `http.error` (a status such as 429
+//! with `Retry-After`, or 503, instead of forwarding) and `http.delay` (a
+//! queueing delay before forwarding), each with a probability and a
+//! path-prefix/method match.
+//!
+//! Limits: plain HTTP only (no TLS termination); the upstream is one
+//! `host:port`; faults are evaluated per request in order, delays add up, and
+//! the first matching error answers. The fault list is an immutable snapshot
+//! swapped atomically, so changing faults never disturbs keep-alive
+//! connections in flight.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::error::ProxyError;
+
+/// What an HTTP fault does to a matching request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum HttpFaultKind {
+    /// Answer with `status` instead of forwarding.
+    #[serde(rename = "http.error")]
+    Error {
+        /// The status, e.g. 429 or 503.
+        status: u16,
+        /// `Retry-After` in seconds; a 429 without it gets `Retry-After: 1`.
+        #[serde(default)]
+        retry_after: Option<u64>,
+    },
+    /// Hold the request this long before forwarding (queueing delay).
+    #[serde(rename = "http.delay")]
+    Delay {
+        /// Milliseconds.
+        delay_ms: u64,
+    },
+}
+
+/// One HTTP fault: what it does and which requests it hits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HttpFault {
+    /// The effect.
+    #[serde(flatten)]
+    pub kind: HttpFaultKind,
+    /// Probability per matching request, in [0, 1] (default 1).
+    #[serde(default = "one")]
+    pub probability: f64,
+    /// Only paths starting with this (default: all).
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// Only this method, case-insensitive (default: all).
+    #[serde(default)]
+    pub method: Option<String>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl HttpFault {
+    /// A fault hitting every request.
+    pub fn new(kind: HttpFaultKind) -> Self {
+        Self {
+            kind,
+            probability: 1.0,
+            path_prefix: None,
+            method: None,
+        }
+    }
+
+    fn matches(&self, method: &hyper::Method, path: &str) -> bool {
+        self.method
+            .as_deref()
+            .is_none_or(|m| m.eq_ignore_ascii_case(method.as_str()))
+            && self
+                .path_prefix
+                .as_deref()
+                .is_none_or(|p| path.starts_with(p))
+    }
+
+    fn validate(&self) -> Result<(), ProxyError> {
+        if !(0.0..=1.0).contains(&self.probability) {
+            return Err(ProxyError::BadRequestBody(format!(
+                "probability must be between 0 and 1, got {}",
+                self.probability
+            )));
+        }
+        if let HttpFaultKind::Error { status, .. } = self.kind
+            && StatusCode::from_u16(status).is_err()
+        {
+            return Err(ProxyError::BadRequestBody(format!(
+                "status {status} is not an HTTP status"
+            )));
+        }
+        Ok(())
+    }
+}
+
+type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+struct Shared {
+    upstream: String,
+    faults: ArcSwap<Vec<HttpFault>>,
+    client: Client<HttpConnector, Incoming>,
+}
+
+/// A running HTTP fault proxy. Stops when dropped or on [`HttpProxy::stop`].
+#[derive(Debug)]
+pub struct HttpProxy {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("upstream", &self.upstream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpProxy {
+    /// Listens on `listen` and forwards to `upstream` (`host:port`).
+    pub async fn start(
+        listen: SocketAddr,
+        upstream: impl Into<String>,
+        faults: Vec<HttpFault>,
+    ) -> Result<Self, ProxyError> {
+        for f in &faults {
+            f.validate()?;
+        }
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| ProxyError::Http {
+                addr: listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ProxyError::Http {
+            addr: listen,
+            source,
+        })?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        let shared = Arc::new(Shared {
+            upstream: upstream.into(),
+            faults: ArcSwap::from_pointee(faults),
+            client,
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        tokio::spawn(accept_loop(listener, Arc::clone(&shared), stop_rx));
+        tracing::info!(listen = %addr, upstream = %shared.upstream, "http fault proxy started");
+        Ok(Self { addr, shared, stop })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Replaces the faults; requests already waiting keep theirs.
+    pub fn set_faults(&self, faults: Vec<HttpFault>) -> Result<(), ProxyError> {
+        for f in &faults {
+            f.validate()?;
+        }
+        self.shared.faults.store(Arc::new(faults));
+        Ok(())
+    }
+
+    /// The current faults.
+    pub fn faults(&self) -> Vec<HttpFault> {
+        self.shared.faults.load().as_ref().clone()
+    }
+
+    /// Stops listening and closes its connections.
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+}
+
+impl Drop for HttpProxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (sock, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::debug!(error = %e, "http proxy accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let _ = sock.set_nodelay(true);
+        let shared = Arc::clone(&shared);
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| handle(Arc::clone(&shared), req));
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection(TokioIo::new(sock), service);
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!(error = %e, "http proxy connection ended with an error");
+                },
+                _ = stop.changed() => {}
+            }
+        });
+    }
+}
+
+const HOP_BY_HOP: [header::HeaderName; 6] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+];
+
+async fn handle(
+    shared: Arc<Shared>,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let faults = shared.faults.load_full();
+    let mut delay = Duration::ZERO;
+    let mut error: Option<(u16, Option<u64>)> = None;
+    {
+        let path = req.uri().path();
+        let mut rng = rand::rng();
+        for f in faults.iter().filter(|f| f.matches(req.method(), path)) {
+            if f.probability < 1.0 && rng.random::<f64>() >= f.probability {
+                continue;
+            }
+            match f.kind {
+                HttpFaultKind::Delay { delay_ms } => delay += Duration::from_millis(delay_ms),
+                HttpFaultKind::Error {
+                    status,
+                    retry_after,
+                } => {
+                    error = Some((status, retry_after));
+                    break;
+                }
+            }
+        }
+    }
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    if let Some((status, retry_after)) = error {
+        return Ok(injected(status, retry_after));
+    }
+
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map_or("/", hyper::http::uri::PathAndQuery::as_str)
+        .to_owned();
+    let uri = match Uri::builder()
+        .scheme("http")
+        .authority(shared.upstream.as_str())
+        .path_and_query(path_and_query)
+        .build()
+    {
+        Ok(u) => u,
+        Err(e) => {
+            return Ok(bad_gateway(&format!(
+                "bad upstream {}: {e}",
+                shared.upstream
+            )));
+        }
+    };
+    *req.uri_mut() = uri;
+    *req.version_mut() = hyper::Version::HTTP_11;
+    for h in &HOP_BY_HOP {
+        req.headers_mut().remove(h);
+    }
+    match shared.client.request(req).await {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            for h in &HOP_BY_HOP {
+                parts.headers.remove(h);
+            }
+            Ok(Response::from_parts(parts, Either::Left(body)))
+        }
+        Err(e) => Ok(bad_gateway(&format!("upstream {}: {e}", shared.upstream))),
+    }
+}
+
+fn json_body(status: u16, error: &str) -> Full<Bytes> {
+    let body = serde_json::json!({ "error": error, "status": status });
+    Full::new(Bytes::from(body.to_string()))
+}
+
+fn injected(status: u16, retry_after: Option<u64>) -> Response<ProxyBody> {
+    let mut resp = Response::new(Either::Right(json_body(
+        status,
+        "injected by faultline http.error",
+    )));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let retry_after = retry_after.or((status == 429).then_some(1));
+    if let Some(secs) = retry_after {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
+}
+
+fn bad_gateway(detail: &str) -> Response<ProxyBody> {
+    tracing::debug!(detail, "http fault proxy: bad gateway");
+    let mut resp = Response::new(Either::Right(json_body(502, detail)));
+    *resp.status_mut() = StatusCode::BAD_GATEWAY;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_json_shape() {
+        let f: HttpFault = serde_json::from_str(
+            r#"{"type":"http.error","status":429,"probability":0.5,"path_prefix":"/v1","method":"POST"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            f.kind,
+            HttpFaultKind::Error {
+                status: 429,
+                retry_after: None
+            }
+        );
+        assert!(f.matches(&hyper::Method::POST, "/v1/complete"));
+        assert!(!f.matches(&hyper::Method::GET, "/v1/complete"));
+        assert!(!f.matches(&hyper::Method::POST, "/v2"));
+        let d: HttpFault = serde_json::from_str(r#"{"type":"http.delay","delay_ms":50}"#).unwrap();
+        assert!(d.matches(&hyper::Method::GET, "/anything"));
+        assert!((d.probability - 1.0).abs() < f64::EPSILON);
+    }
+}
