@@ -190,8 +190,9 @@ impl Manager {
             let result = async {
                 let spec = FaultSpec::from_kind_and_params(&entry.kind, entry.params.clone())
                     .map_err(|e| e.to_string())?;
-                let mut fault = registry::restore(&entry.id, &spec, &entry.recovery)
-                    .map_err(|e| e.to_string())?;
+                let mut fault =
+                    registry::restore(&entry.id, &spec, entry.lease.get(), &entry.recovery)
+                        .map_err(|e| e.to_string())?;
                 revert_and_verify(fault.as_mut())
                     .await
                     .map_err(|e| e.to_string())
@@ -249,7 +250,7 @@ impl Manager {
             }
             return Err(ManagerError::Conflict(id.to_owned()));
         }
-        let mut fault = registry::build(id, &spec)?;
+        let mut fault = registry::build(id, &spec, req.lease.get())?;
         let mut entry = Entry {
             id: id.to_owned(),
             kind: req.kind.clone(),

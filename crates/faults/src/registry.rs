@@ -1,7 +1,11 @@
 //! From a `FaultSpec` to its implementation: one exhaustive match, so a new kind in
 //! the spec does not compile until it has an arm here (docs/adding-a-fault.md).
 
+use std::time::Duration;
+
 use faultline_spec::FaultSpec;
+
+use crate::db::DbLockFault;
 
 use crate::network::{NftTableFault, loss, partition};
 use crate::process::{ProcessKillFault, ProcessPauseFault};
@@ -12,27 +16,23 @@ use crate::{Fault, InjectError};
 const UNSUPPORTED: &[(&str, &str)] = &[
     (
         "network.latency",
-        "needs the fault proxy (crates/proxy), not in this build yet",
+        "not wired to the fault proxy (crates/proxy) yet; meanwhile run `faultline proxy` and drive it with its Toxiproxy API",
     ),
     (
         "network.drop",
-        "needs the fault proxy (crates/proxy), not in this build yet",
+        "not wired to the fault proxy (crates/proxy) yet; meanwhile run `faultline proxy` and drive it with its Toxiproxy API",
     ),
     (
         "network.bandwidth",
-        "needs the fault proxy (crates/proxy), not in this build yet",
+        "not wired to the fault proxy (crates/proxy) yet; meanwhile run `faultline proxy` and drive it with its Toxiproxy API",
     ),
     (
         "http.error",
-        "needs the L7 fault proxy (crates/proxy), not in this build yet",
+        "not wired to the L7 fault proxy (crates/proxy) yet; meanwhile run `faultline proxy`",
     ),
     (
         "http.delay",
-        "needs the L7 fault proxy (crates/proxy), not in this build yet",
-    ),
-    (
-        "db.lock",
-        "database faults come with their own issue (postgres, mysql, sqlite lock sessions)",
+        "not wired to the L7 fault proxy (crates/proxy) yet; meanwhile run `faultline proxy`",
     ),
     (
         "gpu.unavailable",
@@ -70,28 +70,42 @@ pub fn capabilities() -> Vec<&'static str> {
         .collect()
 }
 
-/// Builds fault `id`, resolving its targets now (the pids to stop, the table name).
-/// Nothing is injected: the caller journals `recovery()` first.
-pub fn build(id: &str, spec: &FaultSpec) -> Result<Box<dyn Fault>, InjectError> {
-    construct(id, spec, None)
+/// Builds fault `id` under a lease of `lease`, resolving its targets now (the pids
+/// to stop, the table name). Nothing is injected: the caller journals `recovery()`
+/// first. The lease sizes server-side dead man's switches (db.lock); the caller
+/// still owns the lease itself.
+pub fn build(id: &str, spec: &FaultSpec, lease: Duration) -> Result<Box<dyn Fault>, InjectError> {
+    construct(id, spec, lease, None)
 }
 
-/// Rebuilds fault `id` from its journaled spec and recovery state, for revert only.
+/// Rebuilds fault `id` from its journaled spec, lease and recovery state, for
+/// revert only.
 pub fn restore(
     id: &str,
     spec: &FaultSpec,
+    lease: Duration,
     recovery: &serde_json::Value,
 ) -> Result<Box<dyn Fault>, InjectError> {
-    construct(id, spec, Some(recovery))
+    construct(id, spec, lease, Some(recovery))
 }
 
 fn construct(
     id: &str,
     spec: &FaultSpec,
+    lease: Duration,
     recovery: Option<&serde_json::Value>,
 ) -> Result<Box<dyn Fault>, InjectError> {
     let kind = spec.kind();
     Ok(match spec {
+        // The lock session is found by name at revert: nothing else to restore.
+        FaultSpec::DbLock(p) => {
+            Box::new(
+                DbLockFault::new(id, p, lease).map_err(|e| InjectError::InvalidParams {
+                    kind,
+                    reason: e.to_string(),
+                })?,
+            )
+        }
         FaultSpec::NetworkLoss(p) => match recovery {
             Some(r) => Box::new(NftTableFault::restore(kind, r)?),
             None => Box::new(loss::new(id, p)?),
@@ -113,7 +127,6 @@ fn construct(
         | FaultSpec::NetworkBandwidth(_)
         | FaultSpec::HttpError(_)
         | FaultSpec::HttpDelay(_)
-        | FaultSpec::DbLock(_)
         | FaultSpec::GpuUnavailable(_)
         | FaultSpec::GpuSlow(_)
         | FaultSpec::GpuMemoryHog(_)
@@ -146,7 +159,7 @@ mod tests {
             serde_json::json!({"listen": "127.0.0.1:1", "upstream": "127.0.0.1:2", "delay": "1s"}),
         )
         .expect("valid spec");
-        let err = build("x", &spec).expect_err("unsupported");
+        let err = build("x", &spec, Duration::from_secs(1)).expect_err("unsupported");
         assert!(err.to_string().contains("proxy"), "{err}");
     }
 }

@@ -235,7 +235,8 @@ async fn network_partition_reject_refuses_at_once() {
         |ip, port| json!({ "peers": [format!("{ip}/32")], "ports": [port], "action": "reject" }),
     );
     let id = format!("part-reject-{}", case.addr.port());
-    let mut fault = faultline_faults::build(&id, &case.spec()).expect("build");
+    let mut fault =
+        faultline_faults::build(&id, &case.spec(), Duration::from_secs(30)).expect("build");
     fault.inject().await.expect("inject");
     let started = std::time::Instant::now();
     let res = tokio::time::timeout(
@@ -260,8 +261,12 @@ async fn network_partition_reject_refuses_at_once() {
 
 #[tokio::test]
 async fn a_missing_pid_is_no_target_and_nothing_is_built() {
-    let err = faultline_faults::build("x", &spec("process.pause", json!({ "pid": i32::MAX })))
-        .expect_err("no such pid");
+    let err = faultline_faults::build(
+        "x",
+        &spec("process.pause", json!({ "pid": i32::MAX })),
+        Duration::from_secs(30),
+    )
+    .expect_err("no such pid");
     assert!(
         matches!(err, faultline_faults::InjectError::NoTarget { .. }),
         "{err}"
@@ -314,4 +319,61 @@ async fn network_partition_cuts_a_namespace_off() {
     );
     let id = format!("netns-{}", case.ns.name);
     assert_fault_compliance(&id, &mut case).await;
+}
+
+// === db.lock (PostgreSQL started by scripts/setup.sh) ===
+
+fn pg_url() -> String {
+    std::env::var("FAULTLINE_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://faultline:faultline@127.0.0.1:5432/postgres".to_owned())
+}
+
+async fn pg() -> tokio_postgres::Client {
+    let (client, conn) = match tokio_postgres::connect(&pg_url(), tokio_postgres::NoTls).await {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "PostgreSQL is not reachable ({e}); start it with `./scripts/setup.sh` (pg_ctlcluster 15 main start, faultline role)"
+        ),
+    };
+    tokio::spawn(conn);
+    client
+}
+
+/// A table of the test's own; the effect is "another session cannot lock it".
+struct PgLock {
+    table: String,
+}
+
+impl ComplianceCase for PgLock {
+    fn spec(&mut self) -> FaultSpec {
+        spec(
+            "db.lock",
+            json!({ "url": pg_url(), "table": self.table, "lock_timeout": "2s" }),
+        )
+    }
+    async fn effect_visible(&mut self) -> bool {
+        let c = pg().await;
+        let probe = format!(
+            "BEGIN; SET LOCAL lock_timeout = '100ms'; LOCK TABLE {} IN ACCESS SHARE MODE; ROLLBACK",
+            self.table
+        );
+        c.batch_execute(&probe).await.is_err()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn db_lock_on_postgres() {
+    let table = format!("fl_compliance_{}", std::process::id());
+    let c = pg().await;
+    c.batch_execute(&format!("CREATE TABLE IF NOT EXISTS {table} (id int)"))
+        .await
+        .expect("create table");
+    let mut case = PgLock {
+        table: table.clone(),
+    };
+    assert!(!case.effect_visible().await, "locked before the fault");
+    assert_fault_compliance(&format!("pg-{table}"), &mut case).await;
+    c.batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .expect("drop table");
 }

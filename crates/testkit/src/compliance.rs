@@ -21,6 +21,8 @@ pub trait ComplianceCase {
 }
 
 const WAIT: Duration = Duration::from_secs(3);
+/// The lease faults are built under (it sizes server-side dead man's switches).
+const LEASE: Duration = Duration::from_secs(30);
 
 /// Inject, observe the effect from outside, revert, observe it gone, revert again is
 /// a no-op, and revert from the journaled recovery state alone works both before
@@ -28,7 +30,7 @@ const WAIT: Duration = Duration::from_secs(3);
 pub async fn assert_fault_compliance<C: ComplianceCase + Send>(id: &str, case: &mut C) {
     // Phase 1: the life cycle.
     let spec = case.spec();
-    let mut fault = registry::build(id, &spec).expect("build the fault");
+    let mut fault = registry::build(id, &spec, LEASE).expect("build the fault");
     let lasting = fault.lasting();
     fault.inject().await.expect("inject");
     assert!(
@@ -64,17 +66,18 @@ pub async fn assert_fault_compliance<C: ComplianceCase + Send>(id: &str, case: &
 
     // Phase 2: crash after the intent was journaled, before inject.
     let spec = case.spec();
-    let fault = registry::build(id, &spec).expect("build the fault");
+    let fault = registry::build(id, &spec, LEASE).expect("build the fault");
     let recovery = fault.recovery();
     drop(fault);
-    let mut restored = registry::restore(id, &spec, &recovery).expect("restore from the journal");
+    let mut restored =
+        registry::restore(id, &spec, LEASE, &recovery).expect("restore from the journal");
     revert_and_verify(restored.as_mut())
         .await
         .expect("revert of a never-injected fault");
 
     // Phase 3: crash after inject, before anything else: the restored fault reverts it.
     let spec = case.spec();
-    let mut fault = registry::build(id, &spec).expect("build the fault");
+    let mut fault = registry::build(id, &spec, LEASE).expect("build the fault");
     let recovery = serde_json::from_str(&fault.recovery().to_string()).expect("journal round trip");
     fault.inject().await.expect("inject");
     assert!(
@@ -83,7 +86,8 @@ pub async fn assert_fault_compliance<C: ComplianceCase + Send>(id: &str, case: &
         spec.kind()
     );
     drop(fault); // the agent died here
-    let mut restored = registry::restore(id, &spec, &recovery).expect("restore from the journal");
+    let mut restored =
+        registry::restore(id, &spec, LEASE, &recovery).expect("restore from the journal");
     revert_and_verify(restored.as_mut())
         .await
         .expect("revert after a crash");
