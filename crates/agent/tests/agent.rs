@@ -435,6 +435,8 @@ fn journal_state(state: &Path, id: &str) -> Option<String> {
 enum Target {
     Pause(Child),
     Partition(String),
+    /// A latency proxy listening here (the upstream need not exist).
+    Proxy(SocketAddr),
 }
 
 impl Target {
@@ -447,6 +449,11 @@ impl Target {
             Target::Partition(peer) => {
                 json!({"kind": "network.partition", "params": {"peers": [peer]}, "lease": "60s"})
             }
+            Target::Proxy(listen) => json!({
+                "kind": "network.latency",
+                "params": {"listen": listen.to_string(), "upstream": "127.0.0.1:9", "delay": "100ms"},
+                "lease": "60s"
+            }),
         }
     }
     async fn injected(&self, id: &str) -> bool {
@@ -457,6 +464,7 @@ impl Target {
             )
             .await
             .expect("nft"),
+            Target::Proxy(listen) => std::net::TcpStream::connect(listen).is_ok(),
         }
     }
 }
@@ -561,4 +569,23 @@ async fn kill_9_injected_not_journaled_active_partition() {
 #[tokio::test]
 async fn kill_9_mid_revert_partition() {
     crash_at("mid-revert", Target::Partition(partition_peer())).await;
+}
+
+fn proxy_listen() -> SocketAddr {
+    let l = std::net::TcpListener::bind((unique_loopback(), 0)).expect("bind");
+    l.local_addr().expect("addr")
+}
+
+#[tokio::test]
+async fn kill_9_injected_not_journaled_active_leaves_no_proxy_listener() {
+    crash_at(
+        "injected-not-journaled-active",
+        Target::Proxy(proxy_listen()),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn kill_9_mid_revert_leaves_no_proxy_listener() {
+    crash_at("mid-revert", Target::Proxy(proxy_listen())).await;
 }

@@ -7,6 +7,7 @@ use faultline_spec::FaultSpec;
 
 use crate::db::DbLockFault;
 
+use crate::network::proxied::ProxiedFault;
 use crate::network::{NftTableFault, loss, partition};
 use crate::process::{ProcessKillFault, ProcessPauseFault};
 use crate::{Fault, InjectError};
@@ -14,14 +15,6 @@ use crate::{Fault, InjectError};
 /// Kinds that exist in the format but not in this agent yet, and the issue or part
 /// that brings each. `capabilities()` is every other kind.
 const UNSUPPORTED: &[(&str, &str)] = &[
-    (
-        "network.latency",
-        "not wired to the fault proxy (crates/proxy) yet; meanwhile run `faultline proxy` and drive it with its Toxiproxy API",
-    ),
-    (
-        "network.drop",
-        "not wired to the fault proxy (crates/proxy) yet; meanwhile run `faultline proxy` and drive it with its Toxiproxy API",
-    ),
     (
         "network.bandwidth",
         "not wired to the fault proxy (crates/proxy) yet; meanwhile run `faultline proxy` and drive it with its Toxiproxy API",
@@ -122,9 +115,15 @@ fn construct(
             Some(r) => Box::new(ProcessKillFault::restore(p, r)?),
             None => Box::new(ProcessKillFault::new(p)?),
         },
-        FaultSpec::NetworkLatency(_)
-        | FaultSpec::NetworkDrop(_)
-        | FaultSpec::NetworkBandwidth(_)
+        FaultSpec::NetworkLatency(p) => match recovery {
+            Some(r) => Box::new(ProxiedFault::restore(kind, r)?),
+            None => Box::new(ProxiedFault::latency(id, p)?),
+        },
+        FaultSpec::NetworkDrop(p) => match recovery {
+            Some(r) => Box::new(ProxiedFault::restore(kind, r)?),
+            None => Box::new(ProxiedFault::drop(id, p)?),
+        },
+        FaultSpec::NetworkBandwidth(_)
         | FaultSpec::HttpError(_)
         | FaultSpec::HttpDelay(_)
         | FaultSpec::GpuUnavailable(_)
@@ -155,8 +154,8 @@ mod tests {
     #[test]
     fn unsupported_kinds_name_what_brings_them() {
         let spec = FaultSpec::from_kind_and_params(
-            "network.latency",
-            serde_json::json!({"listen": "127.0.0.1:1", "upstream": "127.0.0.1:2", "delay": "1s"}),
+            "network.bandwidth",
+            serde_json::json!({"listen": "127.0.0.1:1", "upstream": "127.0.0.1:2", "rate": "1MiB/s"}),
         )
         .expect("valid spec");
         let err = build("x", &spec, Duration::from_secs(1)).expect_err("unsupported");

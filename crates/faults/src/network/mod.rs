@@ -3,13 +3,15 @@
 //!
 //! Each nftables fault lives in its own table `inet faultline_<id>`: inject replaces
 //! the table atomically (`nft -f -`), revert is `delete table`, and a leftover is
-//! visible by name in `nft list tables`. Connection faults (latency, drop,
-//! bandwidth) need the fault proxy (crates/proxy), which is not in this tree yet.
+//! visible by name in `nft list tables`. Connection faults (latency, drop) run a
+//! fault proxy of their own (crates/proxy) in proxy mode; transparent mode and
+//! `network.bandwidth` are not wired yet.
 
 pub mod loss;
 pub mod nft;
 pub mod packet;
 pub mod partition;
+pub mod proxied;
 pub mod ss;
 pub mod table;
 
