@@ -16,8 +16,9 @@ PACKAGES=(
   mariadb-server  # db.lock tests: a real MariaDB server
   mariadb-client
   nftables        # transparent proxy mode and packet faults: one nft table per fault
-  iproute2        # ip netns / veth: the network tests' own namespaces
+  iproute2        # ip netns / veth: the network tests' own namespaces; ss -K
   python3-venv    # the published Toxiproxy client the proxy API is tested with
+  openssl         # test certificates for the agent's TLS tests
 )
 
 # Root for package installs and starting services; sudo where we are not root.

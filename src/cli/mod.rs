@@ -2,6 +2,7 @@
 //! only module allowed to print.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod agent;
 mod plan;
 mod proxy;
 mod validate;
@@ -64,6 +65,9 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Run the per-host agent: faults injected under leases, journaled before
+    /// injecting, reverted when a lease lapses and at start.
+    Agent(agent::AgentArgs),
     /// Run the standalone fault proxy with its Toxiproxy-compatible API, until
     /// Ctrl-C or SIGTERM.
     Proxy(proxy::ProxyArgs),
@@ -90,6 +94,7 @@ pub fn main() -> ExitCode {
             seed,
             output,
         } => plan::run(&file, inventory.as_deref(), seed, output),
+        Command::Agent(args) => agent::run(args),
         Command::Proxy(args) => proxy::run(args),
         Command::Schema => print_json(&faultline_spec::schema::experiment_schema()),
         Command::Completions { shell } => {

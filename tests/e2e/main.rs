@@ -1,6 +1,7 @@
 //! End-to-end tests of the `faultline` binary: one test binary (cheap to link),
 //! a module per area.
 
+mod agent;
 mod cli;
 mod tidy;
 

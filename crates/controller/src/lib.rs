@@ -2,9 +2,10 @@
 //! (which agents each step hits, when, and how much of the fleet is exposed), and
 //! drives runs through agents.
 //!
-//! It talks to agents only through `AgentClient` (in a later change); it never
-//! injects a fault itself, and it never starts anything from `plan`.
+//! It talks to agents only through `AgentClient` (`client/`: HTTP and in-process);
+//! it never injects a fault itself, and it never starts anything from `plan`.
 
+pub mod client;
 pub mod plan;
 pub mod select;
 

@@ -16,6 +16,7 @@
 //!   crash finds its connection id with `IS_USED_LOCK` and `KILL`s exactly it.
 //! - SQLite: the lock lives in the holder's file handle; it dies with the process.
 
+mod fault;
 mod mysql;
 mod postgres;
 mod sql;

@@ -1,0 +1,20 @@
+//! `network.*`: packet faults as nftables tables, one per fault, and cutting
+//! established connections with `ss -K`.
+//!
+//! Each nftables fault lives in its own table `inet faultline_<id>`: inject replaces
+//! the table atomically (`nft -f -`), revert is `delete table`, and a leftover is
+//! visible by name in `nft list tables`. Connection faults (latency, drop) run a
+//! fault proxy of their own (crates/proxy) in proxy mode; transparent mode and
+//! `network.bandwidth` are not wired yet.
+
+pub mod loss;
+pub mod nft;
+pub mod packet;
+pub mod partition;
+pub mod proxied;
+pub mod ss;
+pub mod table;
+
+pub use loss::NetworkLossFault;
+pub use partition::NetworkPartitionFault;
+pub use table::NftTableFault;

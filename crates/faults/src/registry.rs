@@ -1,0 +1,164 @@
+//! From a `FaultSpec` to its implementation: one exhaustive match, so a new kind in
+//! the spec does not compile until it has an arm here (docs/adding-a-fault.md).
+
+use std::time::Duration;
+
+use faultline_spec::FaultSpec;
+
+use crate::db::DbLockFault;
+
+use crate::network::proxied::ProxiedFault;
+use crate::network::{NftTableFault, loss, partition};
+use crate::process::{ProcessKillFault, ProcessPauseFault};
+use crate::{Fault, InjectError};
+
+/// Kinds that exist in the format but not in this agent yet, and the issue or part
+/// that brings each. `capabilities()` is every other kind.
+const UNSUPPORTED: &[(&str, &str)] = &[
+    (
+        "network.bandwidth",
+        "not wired to the fault proxy (crates/proxy) yet; meanwhile run `faultline proxy` and drive it with its Toxiproxy API",
+    ),
+    (
+        "http.error",
+        "not wired to the L7 fault proxy (crates/proxy) yet; meanwhile run `faultline proxy`",
+    ),
+    (
+        "http.delay",
+        "not wired to the L7 fault proxy (crates/proxy) yet; meanwhile run `faultline proxy`",
+    ),
+    (
+        "gpu.unavailable",
+        "agent control of the CUDA shim's state file comes with issue 7's agent part",
+    ),
+    (
+        "gpu.slow",
+        "agent control of the CUDA shim's state file comes with issue 7's agent part",
+    ),
+    ("gpu.memory_hog", "GPU hogs come with issue 7's agent part"),
+    ("gpu.compute_hog", "GPU hogs come with issue 7's agent part"),
+    (
+        "gpu.device_deny",
+        "cgroup device denial comes with issue 7's agent part",
+    ),
+];
+
+fn unsupported(kind: &'static str) -> InjectError {
+    let reason = UNSUPPORTED
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map_or("not implemented", |(_, r)| r);
+    InjectError::Unsupported {
+        kind,
+        reason: reason.to_owned(),
+    }
+}
+
+/// The kinds this agent can inject (its `/v1/health` capabilities).
+pub fn capabilities() -> Vec<&'static str> {
+    FaultSpec::KINDS
+        .iter()
+        .copied()
+        .filter(|k| !UNSUPPORTED.iter().any(|(u, _)| u == k))
+        .collect()
+}
+
+/// Builds fault `id` under a lease of `lease`, resolving its targets now (the pids
+/// to stop, the table name). Nothing is injected: the caller journals `recovery()`
+/// first. The lease sizes server-side dead man's switches (db.lock); the caller
+/// still owns the lease itself.
+pub fn build(id: &str, spec: &FaultSpec, lease: Duration) -> Result<Box<dyn Fault>, InjectError> {
+    construct(id, spec, lease, None)
+}
+
+/// Rebuilds fault `id` from its journaled spec, lease and recovery state, for
+/// revert only.
+pub fn restore(
+    id: &str,
+    spec: &FaultSpec,
+    lease: Duration,
+    recovery: &serde_json::Value,
+) -> Result<Box<dyn Fault>, InjectError> {
+    construct(id, spec, lease, Some(recovery))
+}
+
+fn construct(
+    id: &str,
+    spec: &FaultSpec,
+    lease: Duration,
+    recovery: Option<&serde_json::Value>,
+) -> Result<Box<dyn Fault>, InjectError> {
+    let kind = spec.kind();
+    Ok(match spec {
+        // The lock session is found by name at revert: nothing else to restore.
+        FaultSpec::DbLock(p) => {
+            Box::new(
+                DbLockFault::new(id, p, lease).map_err(|e| InjectError::InvalidParams {
+                    kind,
+                    reason: e.to_string(),
+                })?,
+            )
+        }
+        FaultSpec::NetworkLoss(p) => match recovery {
+            Some(r) => Box::new(NftTableFault::restore(kind, r)?),
+            None => Box::new(loss::new(id, p)?),
+        },
+        FaultSpec::NetworkPartition(p) => match recovery {
+            Some(r) => Box::new(NftTableFault::restore(kind, r)?),
+            None => Box::new(partition::new(id, p)?),
+        },
+        FaultSpec::ProcessPause(p) => match recovery {
+            Some(r) => Box::new(ProcessPauseFault::restore(r)?),
+            None => Box::new(ProcessPauseFault::new(p)?),
+        },
+        FaultSpec::ProcessKill(p) => match recovery {
+            Some(r) => Box::new(ProcessKillFault::restore(p, r)?),
+            None => Box::new(ProcessKillFault::new(p)?),
+        },
+        FaultSpec::NetworkLatency(p) => match recovery {
+            Some(r) => Box::new(ProxiedFault::restore(kind, r)?),
+            None => Box::new(ProxiedFault::latency(id, p)?),
+        },
+        FaultSpec::NetworkDrop(p) => match recovery {
+            Some(r) => Box::new(ProxiedFault::restore(kind, r)?),
+            None => Box::new(ProxiedFault::drop(id, p)?),
+        },
+        FaultSpec::NetworkBandwidth(_)
+        | FaultSpec::HttpError(_)
+        | FaultSpec::HttpDelay(_)
+        | FaultSpec::GpuUnavailable(_)
+        | FaultSpec::GpuSlow(_)
+        | FaultSpec::GpuMemoryHog(_)
+        | FaultSpec::GpuComputeHog(_)
+        | FaultSpec::GpuDeviceDeny(_) => return Err(unsupported(kind)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_is_either_capable_or_says_why_not() {
+        for kind in FaultSpec::KINDS {
+            let capable = capabilities().contains(kind);
+            let listed = UNSUPPORTED.iter().any(|(k, _)| k == kind);
+            assert!(capable != listed, "{kind}");
+        }
+        assert_eq!(
+            capabilities().len() + UNSUPPORTED.len(),
+            FaultSpec::KINDS.len()
+        );
+    }
+
+    #[test]
+    fn unsupported_kinds_name_what_brings_them() {
+        let spec = FaultSpec::from_kind_and_params(
+            "network.bandwidth",
+            serde_json::json!({"listen": "127.0.0.1:1", "upstream": "127.0.0.1:2", "rate": "1MiB/s"}),
+        )
+        .expect("valid spec");
+        let err = build("x", &spec, Duration::from_secs(1)).expect_err("unsupported");
+        assert!(err.to_string().contains("proxy"), "{err}");
+    }
+}

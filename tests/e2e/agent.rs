@@ -1,0 +1,141 @@
+//! `faultline agent` as a real process: it refuses to listen beyond loopback without
+//! a token, serves the API with one, and reverts everything on SIGTERM.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::root;
+
+fn bin() -> Command {
+    let mut c = Command::new(assert_cmd::cargo::cargo_bin("faultline"));
+    c.current_dir(root()).env_remove("FAULTLINE_LOG");
+    c
+}
+
+/// One HTTP/1.1 request over a plain socket; (status, body).
+fn http(addr: SocketAddr, method: &str, path: &str, token: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn agent_refuses_a_public_listen_without_a_token() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let out = bin()
+        .args(["agent", "--listen", "0.0.0.0:0", "--state-dir"])
+        .arg(state.path())
+        .output()
+        .expect("runs");
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("without a token"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn agent_serves_with_a_token_and_reverts_on_sigterm() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let token_file = state.path().join("token");
+    std::fs::write(&token_file, "e2e-token\n").expect("token file");
+    let mut agent = bin()
+        .args([
+            "agent",
+            "--listen",
+            "127.0.0.1:0",
+            "--labels",
+            "role=e2e",
+            "--token-file",
+        ])
+        .arg(&token_file)
+        .arg("--state-dir")
+        .arg(state.path().join("state"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn agent");
+    let stderr = agent.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(a) = line.strip_prefix("faultline agent: listening on ") {
+                let _ = tx.send(a.to_owned());
+            }
+        }
+    });
+    let addr: SocketAddr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the agent says where it listens")
+        .parse()
+        .expect("addr");
+
+    let (status, body) = http(addr, "GET", "/v1/health", "e2e-token", "");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"role\":\"e2e\""), "{body}");
+    assert_eq!(http(addr, "GET", "/v1/health", "wrong", "").0, 401);
+
+    let mut sleeper = Command::new("sleep").arg("600").spawn().expect("sleep");
+    let fault = format!(
+        r#"{{"kind":"process.pause","params":{{"pid":{}}},"lease":"60s"}}"#,
+        sleeper.id()
+    );
+    let (status, body) = http(addr, "PUT", "/v1/faults/e2e-pause", "e2e-token", &fault);
+    assert_eq!(status, 201, "{body}");
+    let state_of = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim().chars().next()))
+            .flatten()
+    };
+    assert_eq!(state_of(sleeper.id()), Some('T'));
+
+    nix_kill(agent.id(), "TERM");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = agent.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "agent did not exit on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    assert_ne!(
+        state_of(sleeper.id()),
+        Some('T'),
+        "SIGTERM left a stopped process"
+    );
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+}
+
+fn nix_kill(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok);
+}
