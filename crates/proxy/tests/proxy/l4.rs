@@ -29,14 +29,15 @@ async fn latency_via_json_api_adds_100ms_and_removal_restores_baseline() {
     // The toxic's own contribution is the floor of the samples: 99-103 ms,
     // and nothing early. Samples above the floor are the shared 2-core
     // machine's scheduler (load averages of 6-8 from parallel compiles), so
-    // the median and the maximum are only bounded.
+    // the median and the maximum are only bounded (the maximum loosely: a
+    // stall of the test's own runtime lands there, not in the proxy).
     let (min, median, max) = (added[0], added[3], added[6]);
     assert!(
         min >= Duration::from_millis(99) && min <= Duration::from_millis(103),
         "added delay {min:?} outside 99-103 ms (baseline {baseline:?}): {added:?}"
     );
     assert!(median <= Duration::from_millis(106), "{added:?}");
-    assert!(max < Duration::from_millis(150), "{added:?}");
+    assert!(max < Duration::from_millis(300), "{added:?}");
 
     h.remove_toxic("lat", "lat100").await;
     // Same connection, still open, back to baseline.
@@ -44,7 +45,7 @@ async fn latency_via_json_api_adds_100ms_and_removal_restores_baseline() {
     // Back to baseline: far below the toxic's 100 ms, within the scheduling
     // noise of a loaded 2-core machine.
     assert!(
-        after < baseline + Duration::from_millis(5),
+        after < baseline + Duration::from_millis(20),
         "after removal {after:?} vs baseline {baseline:?}"
     );
 }
