@@ -7,3 +7,4 @@
 //! switches where the resource lives elsewhere), and never writes user data.
 
 pub mod db;
+pub mod gpu;
