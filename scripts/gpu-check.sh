@@ -17,6 +17,9 @@
 #   6. a fault held by a writer that is SIGKILLed lapses with its lease
 #   7. gpu.slow: launches and syncs are delayed, results stay correct
 #   8. matmul loop time with and without the shim (informational)
+#   9. gpu.memory_hog takes the memory it was asked for and gives it back;
+#      gpu.compute_hog raises utilisation and stops on revert (the agent's
+#      faults, crates/faults/src/gpu/hog.rs, through examples/gpu_hog.rs)
 #
 # Usage: scripts/gpu-check.sh [--framework torch|cupy] [--venv DIR] [--keep]
 # Environment: GPU_CHECK_PIP_ARGS (extra pip args, e.g. an index URL),
@@ -33,7 +36,7 @@ while [ $# -gt 0 ]; do
         --framework) framework="$2"; shift 2 ;;
         --venv) venv="$2"; shift 2 ;;
         --keep) keep=1; shift ;;
-        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
         *) echo "gpu-check: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -42,6 +45,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 work="$(mktemp -d /tmp/faultline-gpu-check.XXXXXX)"
 cleanup() {
     [ -n "${holder_pid:-}" ] && kill -9 "$holder_pid" 2>/dev/null || true
+    [ -n "${hog_pid:-}" ] && kill "$hog_pid" 2>/dev/null || true
     [ -n "${loop_pid:-}" ] && kill "$loop_pid" 2>/dev/null || true
     if [ "$keep" = 1 ]; then echo "kept $work"; else rm -rf "$work"; fi
 }
@@ -236,6 +240,42 @@ fi
 plain="$("$py" "$work/probe.py" "$framework" time 50 | awk '{ print $2 }')"
 through="$(probe time 50 | awk '{ print $2 }')"
 echo "info  8 50 matmuls of 2048x2048: ${plain}s without the shim, ${through}s through it"
+
+# --- 9. hogs (the agent's gpu.memory_hog and gpu.compute_hog) -------------------
+(cd "$root" && cargo build --quiet --release -p faultline-faults --example gpu_hog)
+hog="$target/examples/gpu_hog"
+used_mib() { nvidia-smi -i 0 --query-gpu=memory.used --format=csv,noheader,nounits | head -1 | tr -d ' '; }
+util() { nvidia-smi -i 0 --query-gpu=utilization.gpu --format=csv,noheader,nounits | head -1 | tr -d ' '; }
+before="$(used_mib)"
+"$hog" memory 0 2GiB 6 > "$work/hog.out" 2>&1 &
+hog_pid=$!
+for ((i = 0; i < 300; i++)); do grep -q '^held' "$work/hog.out" && break; sleep 0.1; done
+during="$(used_mib)"
+wait "$hog_pid" && hog_rc=0 || hog_rc=$?; hog_pid=""
+after="$(used_mib)"
+if [ "$hog_rc" = 0 ] && [ $((during - before)) -ge 1900 ] && [ $((during - after)) -ge 1900 ]; then
+    pass "9 memory_hog 2GiB: ${before} -> ${during} -> ${after} MiB used"
+else
+    fail "9 memory_hog: rc=$hog_rc, ${before} -> ${during} -> ${after} MiB used: $(cat "$work/hog.out")"
+fi
+"$hog" compute 0 80% 8 > "$work/hog.out" 2>&1 &
+hog_pid=$!
+for ((i = 0; i < 300; i++)); do grep -q '^held' "$work/hog.out" && break; sleep 0.1; done
+sleep 3
+busy="$(util)"
+wait "$hog_pid" && hog_rc=0 || hog_rc=$?; hog_pid=""
+sleep 2
+idle="$(util)"
+if [ "$hog_rc" = 0 ] && [ "${busy:-0}" -ge 50 ] && [ "${idle:-100}" -lt "${busy:-0}" ]; then
+    pass "9 compute_hog 80%: utilization ${busy}% while held, ${idle}% after ($(tr '\n' ' ' < "$work/hog.out"))"
+else
+    fail "9 compute_hog: rc=$hog_rc, utilization ${busy}% held, ${idle}% after: $(cat "$work/hog.out")"
+fi
+if "$hog" memory 0 100000TiB 1 > "$work/hog.out" 2>&1; then
+    fail "9 memory_hog beyond the device's memory succeeded"
+else
+    pass "9 memory_hog beyond the device's memory: $(tail -1 "$work/hog.out")"
+fi
 
 "$state_tool" show "$state"
 if [ "$failed" = 0 ]; then echo "gpu-check: all checks passed"; else echo "gpu-check: some checks FAILED"; fi

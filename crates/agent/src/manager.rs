@@ -312,6 +312,11 @@ impl Manager {
                 reason: "lease must be positive".into(),
             });
         }
+        // A fault that stamps its own expiry (the CUDA interposer's state file)
+        // must see the new lease too, or it lapses at the old one.
+        if let Err(e) = active.fault.renew(lease.get()).await {
+            return Err(ManagerError::Inject(e));
+        }
         active.renew(lease);
         Ok(active.view(id))
     }

@@ -16,14 +16,19 @@
 //! CUDA_ERROR_NO_DEVICE / NVML_ERROR_LIBRARY_NOT_FOUND, as without the shim.
 //!
 //! The rlib half exports [`state`], the file format and its writer, for the
-//! agent's gpu faults.
+//! agent's gpu faults, and [`driver_present`], a safe probe for the driver.
 
+#[cfg(feature = "hog")]
+pub mod busy;
 mod cuda;
 mod fault;
 mod interpose;
 mod nvml;
+mod probe;
 mod real;
 pub mod state;
+
+pub use probe::driver_present;
 
 pub use cuda::REAL_LIBCUDA_ENV;
 pub use nvml::REAL_LIBNVML_ENV;

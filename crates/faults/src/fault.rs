@@ -35,6 +35,12 @@ pub trait Fault: Send + Sync + fmt::Debug {
     /// The state the journal keeps to revert this fault after a crash.
     fn recovery(&self) -> serde_json::Value;
     fn inject(&mut self) -> BoxFuture<'_, Result<(), InjectError>>;
+    /// The controller renewed the lease. Faults whose effect carries its own
+    /// expiry (the CUDA interposer's state file) stamp the new one; the rest have
+    /// nothing to do: the agent's reaper holds their lease.
+    fn renew(&mut self, _lease: std::time::Duration) -> BoxFuture<'_, Result<(), InjectError>> {
+        Box::pin(async { Ok(()) })
+    }
     fn revert(&mut self) -> BoxFuture<'_, Result<(), RevertError>>;
     fn verify_reverted(&self) -> BoxFuture<'_, Result<(), RevertError>>;
     fn observe(&self) -> BoxFuture<'_, Observation>;

@@ -7,6 +7,7 @@ use faultline_spec::FaultSpec;
 
 use crate::db::DbLockFault;
 
+use crate::gpu::GpuFault;
 use crate::network::proxied::ProxiedFault;
 use crate::network::{NftTableFault, loss, partition};
 use crate::process::{ProcessKillFault, ProcessPauseFault};
@@ -26,20 +27,6 @@ const UNSUPPORTED: &[(&str, &str)] = &[
     (
         "http.delay",
         "not wired to the L7 fault proxy (crates/proxy) yet; meanwhile run `faultline proxy`",
-    ),
-    (
-        "gpu.unavailable",
-        "agent control of the CUDA shim's state file comes with issue 7's agent part",
-    ),
-    (
-        "gpu.slow",
-        "agent control of the CUDA shim's state file comes with issue 7's agent part",
-    ),
-    ("gpu.memory_hog", "GPU hogs come with issue 7's agent part"),
-    ("gpu.compute_hog", "GPU hogs come with issue 7's agent part"),
-    (
-        "gpu.device_deny",
-        "cgroup device denial comes with issue 7's agent part",
     ),
 ];
 
@@ -123,14 +110,15 @@ fn construct(
             Some(r) => Box::new(ProxiedFault::restore(kind, r)?),
             None => Box::new(ProxiedFault::drop(id, p)?),
         },
-        FaultSpec::NetworkBandwidth(_)
-        | FaultSpec::HttpError(_)
-        | FaultSpec::HttpDelay(_)
-        | FaultSpec::GpuUnavailable(_)
-        | FaultSpec::GpuSlow(_)
-        | FaultSpec::GpuMemoryHog(_)
-        | FaultSpec::GpuComputeHog(_)
-        | FaultSpec::GpuDeviceDeny(_) => return Err(unsupported(kind)),
+        // Each reverts from its spec alone (state file, deny record); see gpu/fault.rs.
+        FaultSpec::GpuUnavailable(p) => Box::new(GpuFault::unavailable(id, p, lease)?),
+        FaultSpec::GpuSlow(p) => Box::new(GpuFault::slow(id, p, lease)?),
+        FaultSpec::GpuMemoryHog(p) => Box::new(GpuFault::memory_hog(id, p)?),
+        FaultSpec::GpuComputeHog(p) => Box::new(GpuFault::compute_hog(id, p)?),
+        FaultSpec::GpuDeviceDeny(p) => Box::new(GpuFault::device_deny(id, p)?),
+        FaultSpec::NetworkBandwidth(_) | FaultSpec::HttpError(_) | FaultSpec::HttpDelay(_) => {
+            return Err(unsupported(kind));
+        }
     })
 }
 
