@@ -50,7 +50,16 @@ fn build_fixture() -> Fixture {
         .and_then(Path::parent)
         .expect("test binary lives in target/<profile>/deps")
         .to_path_buf();
+    // The cdylibs are built in a target directory of their own: a nested build in
+    // the outer one would rebuild shared artifacts under the running test suite
+    // (with other features than the workspace build unified).
+    let fixture_target = profile_dir
+        .parent()
+        .expect("target/<profile> has a parent")
+        .join("gpu-fixtures");
+    let fixture_profile = fixture_target.join(profile_dir.file_name().expect("profile name"));
     let mut cargo = Command::new(env!("CARGO"));
+    cargo.env("CARGO_TARGET_DIR", &fixture_target);
     cargo
         .args(["build", "--quiet", "-p", "faultline-cuda-shim"])
         .args([
@@ -71,7 +80,7 @@ fn build_fixture() -> Fixture {
     );
 
     let lib = |name: &str| {
-        let p = profile_dir.join(name);
+        let p = fixture_profile.join(name);
         assert!(p.exists(), "{} was not built", p.display());
         p
     };
