@@ -239,24 +239,34 @@ async fn slicer_splits_writes() {
     let listen = h.proxy_to("sl", echo_server().await).await;
     h.add_toxic(
         "sl",
-        r#"{"type":"slicer","attributes":{"average_size":10,"size_variation":0,"delay":2000}}"#,
+        r#"{"type":"slicer","attributes":{"average_size":10,"size_variation":0,"delay":20000}}"#,
     )
     .await;
     let mut sock = connect(listen).await;
     sock.write_all(&[b'a'; 100]).await.unwrap();
-    let mut reads = 0;
+    let mut sizes = Vec::new();
     let mut got = 0;
     let mut buf = [0u8; 1024];
+    let mut first = None;
     while got < 100 {
         let n = tokio::time::timeout(LIMIT, sock.read(&mut buf))
             .await
             .unwrap()
             .unwrap();
-        assert!(n > 0 && n <= 10, "slice of {n}");
+        assert!(n > 0, "closed after {got} bytes");
+        first.get_or_insert_with(Instant::now);
         got += n;
-        reads += 1;
+        sizes.push(n);
     }
-    assert_eq!(reads, 10);
+    // Ten 10-byte slices 20 ms apart: the last arrives at least 9 delays after
+    // the first. A reader that falls behind may see two slices in one read, so
+    // the spread in time is the proof, not the read sizes.
+    let spread = first.map(|f| f.elapsed()).unwrap_or_default();
+    assert!(
+        spread >= Duration::from_millis(160),
+        "slices arrived within {spread:?}: {sizes:?}"
+    );
+    assert!(sizes.len() >= 5, "too few slices: {sizes:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
