@@ -57,38 +57,7 @@ fn agent_refuses_a_public_listen_without_a_token() {
 #[test]
 fn agent_serves_with_a_token_and_reverts_on_sigterm() {
     let state = tempfile::tempdir().expect("tempdir");
-    let token_file = state.path().join("token");
-    std::fs::write(&token_file, "e2e-token\n").expect("token file");
-    let mut agent = bin()
-        .args([
-            "agent",
-            "--listen",
-            "127.0.0.1:0",
-            "--labels",
-            "role=e2e",
-            "--token-file",
-        ])
-        .arg(&token_file)
-        .arg("--state-dir")
-        .arg(state.path().join("state"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn agent");
-    let stderr = agent.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(a) = line.strip_prefix("faultline agent: listening on ") {
-                let _ = tx.send(a.to_owned());
-            }
-        }
-    });
-    let addr: SocketAddr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the agent says where it listens")
-        .parse()
-        .expect("addr");
-
+    let (mut agent, addr) = start_agent(state.path());
     let (status, body) = http(addr, "GET", "/v1/health", "e2e-token", "");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"role\":\"e2e\""), "{body}");
@@ -129,6 +98,120 @@ fn agent_serves_with_a_token_and_reverts_on_sigterm() {
     );
     let _ = sleeper.kill();
     let _ = sleeper.wait();
+}
+
+/// Starts `faultline agent` on 127.0.0.1 port 0 with the token `e2e-token` and its
+/// state under `dir`; returns the process and the address it says it listens on.
+fn start_agent(dir: &std::path::Path) -> (std::process::Child, SocketAddr) {
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "e2e-token\n").expect("token file");
+    let mut agent = bin()
+        .args([
+            "agent",
+            "--listen",
+            "127.0.0.1:0",
+            "--labels",
+            "role=e2e",
+            "--token-file",
+        ])
+        .arg(&token_file)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn agent");
+    let stderr = agent.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(a) = line.strip_prefix("faultline agent: listening on ") {
+                let _ = tx.send(a.to_owned());
+            }
+        }
+    });
+    let addr: SocketAddr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the agent says where it listens")
+        .parse()
+        .expect("addr");
+    (agent, addr)
+}
+
+/// `psql` against the PostgreSQL that scripts/setup.sh starts.
+fn psql(sql: &str) -> Command {
+    let mut c = Command::new("psql");
+    c.args([
+        "-h",
+        "127.0.0.1",
+        "-U",
+        "faultline",
+        "-d",
+        "postgres",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-qAtc",
+        sql,
+    ])
+    .env("PGPASSWORD", "faultline")
+    .stdout(Stdio::null());
+    c
+}
+
+#[test]
+fn sigkill_of_the_agent_holding_a_db_lock_frees_it_within_the_dead_man_timeout() {
+    let table = format!("e2e_lock_{}", std::process::id());
+    let created = psql(&format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY, v text); INSERT INTO {table} VALUES (1, 'a')"
+    ))
+    .status()
+    .expect("psql runs (postgresql-client from scripts/setup.sh)");
+    assert!(
+        created.success(),
+        "PostgreSQL is not reachable: run ./scripts/setup.sh (pg_ctlcluster 15 main start)"
+    );
+
+    let state = tempfile::tempdir().expect("tempdir");
+    let (mut agent, addr) = start_agent(state.path());
+    let lease = Duration::from_secs(2);
+    let fault = format!(
+        r#"{{"kind":"db.lock","params":{{"url":"postgres://faultline:faultline@127.0.0.1:5432/postgres","table":"{table}","mode":"access_exclusive"}},"lease":"2s"}}"#
+    );
+    let (status, body) = http(addr, "PUT", "/v1/faults/e2e-db-lock", "e2e-token", &fault);
+    assert_eq!(status, 201, "{body}");
+
+    // A writer queues behind the lock...
+    let mut writer = psql(&format!("UPDATE {table} SET v = v WHERE id = 1"))
+        .spawn()
+        .expect("writer");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        writer.try_wait().expect("wait").is_none(),
+        "the writer went through the lock"
+    );
+
+    // ...and goes through once the agent is killed, with no revert from anyone:
+    // the server ends the dead agent's session (lease + margin at the latest).
+    let killed = std::time::Instant::now();
+    agent.kill().expect("SIGKILL");
+    let _ = agent.wait();
+    let bound = lease + faultline_faults::db::DEAD_MAN_MARGIN + Duration::from_secs(1);
+    let status = loop {
+        if let Some(s) = writer.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            killed.elapsed() < bound,
+            "the lock outlived the agent by more than {bound:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "the writer failed");
+    assert!(
+        psql(&format!("DROP TABLE {table}"))
+            .status()
+            .expect("psql")
+            .success()
+    );
 }
 
 fn nix_kill(pid: u32, sig: &str) {
