@@ -497,3 +497,113 @@ async fn network_drop_reset_through_the_proxy() {
         "listener left behind"
     );
 }
+
+// === transparent mode: a port captured by nftables, seen from a namespace ===
+
+/// An echo service on every address of this side (port `port`), reached from
+/// inside the namespace at the host end of the veth; the fault captures `port`.
+struct Transparent {
+    ns: faultline_testkit::NetNs,
+    port: u16,
+    params: serde_json::Value,
+    kind: &'static str,
+}
+
+/// Spawns a thread echoing every connection of `listener` (blocking I/O: the
+/// checks below block the test's runtime while they run).
+fn echo_thread(listener: TcpListener) {
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { break };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                use std::io::{Read as _, Write as _};
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+impl Transparent {
+    /// One round trip from inside the namespace, in ms; None if it failed. Async:
+    /// the fault's proxy runs on this test's runtime.
+    async fn round_trip_ms(&self) -> Option<u64> {
+        let script = format!(
+            "exec 3<>/dev/tcp/{}/{} || exit 1; s=$(date +%s%N); echo ping >&3; read -t 3 line <&3 || exit 1; e=$(date +%s%N); echo $(( (e - s) / 1000000 ))",
+            self.ns.host_ip, self.port
+        );
+        let mut cmd = self.ns.command("timeout");
+        cmd.args(["5", "bash", "-c", &script])
+            .stderr(std::process::Stdio::null());
+        let out = tokio::process::Command::from(cmd)
+            .output()
+            .await
+            .expect("ip netns exec");
+        if !out.status.success() {
+            return None;
+        }
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    }
+}
+
+impl ComplianceCase for Transparent {
+    fn spec(&mut self) -> FaultSpec {
+        spec(self.kind, self.params.clone())
+    }
+    async fn effect_visible(&mut self) -> bool {
+        match (self.kind, self.round_trip_ms().await) {
+            ("network.latency", Some(ms)) => ms >= 90,
+            ("network.latency", None) => false,
+            // network.drop with action reset: the round trip fails.
+            (_, rtt) => rtt.is_none(),
+        }
+    }
+}
+
+async fn transparent_case(
+    kind: &'static str,
+    params: impl FnOnce(u16) -> serde_json::Value,
+) -> Transparent {
+    let ns = faultline_testkit::NetNs::new();
+    let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind the service");
+    let port = listener.local_addr().expect("addr").port();
+    echo_thread(listener);
+    let case = Transparent {
+        ns,
+        port,
+        params: params(port),
+        kind,
+    };
+    let before = case.round_trip_ms().await;
+    assert!(
+        before.is_some_and(|ms| ms < 90),
+        "the service is not fast and reachable before the fault: {before:?}"
+    );
+    case
+}
+
+#[tokio::test]
+async fn network_latency_transparent_mode_captures_a_port() {
+    let mut case = transparent_case(
+        "network.latency",
+        |port| json!({ "port": port, "delay": "150ms", "direction": "downstream" }),
+    )
+    .await;
+    let id = format!("tp-lat-{}", case.ns.name);
+    assert_fault_compliance(&id, &mut case).await;
+}
+
+#[tokio::test]
+async fn network_drop_transparent_mode_resets_and_cuts_existing_connections() {
+    let mut case = transparent_case(
+        "network.drop",
+        |port| json!({ "port": port, "action": "reset", "kill_existing": true }),
+    )
+    .await;
+    let id = format!("tp-drop-{}", case.ns.name);
+    assert_fault_compliance(&id, &mut case).await;
+}

@@ -2,21 +2,51 @@
 //! own (crates/proxy, in this process) listens on `listen`, forwards to `upstream`,
 //! and carries the toxic. Revert removes the proxy, closing its listener and its
 //! connections; a killed agent takes the listener with it, so recovery has nothing
-//! to undo but to check the listener is gone. Transparent mode (`port`) is not
-//! wired yet.
+//! to undo but to check the listener is gone.
+//!
+//! Transparent mode (`port`): the proxy listens on an ephemeral port of every
+//! address and forwards to the service on 127.0.0.1:`port`; an nftables table of
+//! the fault's own (`faultline_tp_..`) redirects TCP traffic for `port`, from other
+//! hosts (prerouting) and local clients (output), into it. The proxy's upstream
+//! sockets carry [`TRANSPARENT_MARK`], which the redirect skips. Revert deletes the
+//! table, then stops the proxy; the journal keeps the table's name, so a restarted
+//! agent deletes a table its dead predecessor left. `kill_existing` cuts the
+//! connections established before the redirect (`ss -K`), so clients reconnect
+//! through the proxy.
 
 use std::net::SocketAddr;
 
 use faultline_proxy::toxic::{Latency, LimitData, Refuse, ResetPeer, Timeout};
-use faultline_proxy::{ProxyConfig, ProxyServer, Stream, Toxic, ToxicKind};
+use faultline_proxy::transparent::{Redirect, RedirectSpec, revert_table, table_exists};
+use faultline_proxy::{ProxyConfig, ProxyServer, ServerOptions, Stream, Toxic, ToxicKind};
 use faultline_spec::fault::{Direction, DropAction, NetworkDrop, NetworkLatency};
 use serde::{Deserialize, Serialize};
 
 use crate::{BoxFuture, Fault, InjectError, Observation, RevertError};
 
+/// SO_MARK of a transparent proxy's upstream sockets: its redirect skips them, so
+/// the proxy's own connection to the service is not captured again.
+pub const TRANSPARENT_MARK: u32 = 0x0fa1_7000;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Recovery {
     listen: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    table: Option<String>,
+}
+
+/// The redirect table of a transparent fault: nft table names here are at most 32
+/// characters, so a short readable prefix of the id and a stable hash of all of it.
+fn redirect_table(id: &str) -> String {
+    let clean: String = id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(10)
+        .collect();
+    let hash = id.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    format!("faultline_tp_{clean}_{hash:08x}")
 }
 
 #[derive(Debug)]
@@ -28,6 +58,11 @@ pub struct ProxiedFault {
     toxics: Vec<Toxic>,
     server: Option<ProxyServer>,
     bound: Option<SocketAddr>,
+    /// Transparent mode: the captured port and the redirect's table.
+    port: Option<u16>,
+    table: Option<String>,
+    redirect: Option<Redirect>,
+    kill_existing: bool,
 }
 
 fn streams(direction: Direction) -> &'static [Stream] {
@@ -46,10 +81,8 @@ fn endpoints(
 ) -> Result<(String, String), InjectError> {
     match (listen, upstream, port) {
         (Some(l), Some(u), None) => Ok((l.clone(), u.clone())),
-        (None, None, Some(_)) => Err(InjectError::Unsupported {
-            kind,
-            reason: "transparent mode (`port`) is not wired to the agent yet; use proxy mode (`listen` + `upstream`)".into(),
-        }),
+        // Every address, so redirected traffic from any interface lands on it.
+        (None, None, Some(p)) if p > 0 => Ok(("0.0.0.0:0".to_owned(), format!("127.0.0.1:{p}"))),
         _ => Err(InjectError::InvalidParams {
             kind,
             reason: "give `listen` and `upstream` (proxy mode) or `port` (transparent mode)".into(),
@@ -69,16 +102,16 @@ impl ProxiedFault {
             .iter()
             .map(|s| Toxic::new(toxic, *s).with_toxicity(p.probability.ratio() as f32))
             .collect();
-        Ok(Self::new(KIND, id, listen, upstream, toxics))
+        Ok(Self::new(KIND, id, listen, upstream, toxics, p.port, false))
     }
 
     pub fn drop(id: &str, p: &NetworkDrop) -> Result<Self, InjectError> {
         const KIND: &str = "network.drop";
         let (listen, upstream) = endpoints(KIND, &p.listen, &p.upstream, p.port)?;
-        if p.kill_existing {
-            return Err(InjectError::Unsupported {
+        if p.kill_existing && p.port.is_none() {
+            return Err(InjectError::InvalidParams {
                 kind: KIND,
-                reason: "`kill_existing` cuts connections that bypass the proxy, which needs transparent mode (`port`), not wired yet".into(),
+                reason: "`kill_existing` cuts connections established before the fault, which only transparent mode (`port`) captures; in proxy mode clients connect to `listen` anyway".into(),
             });
         }
         let (toxic, stream) = match p.action {
@@ -104,7 +137,15 @@ impl ProxiedFault {
             }
         };
         let toxics = vec![Toxic::new(toxic, stream).with_toxicity(p.probability.ratio() as f32)];
-        Ok(Self::new(KIND, id, listen, upstream, toxics))
+        Ok(Self::new(
+            KIND,
+            id,
+            listen,
+            upstream,
+            toxics,
+            p.port,
+            p.kill_existing,
+        ))
     }
 
     fn new(
@@ -113,6 +154,8 @@ impl ProxiedFault {
         listen: String,
         upstream: String,
         toxics: Vec<Toxic>,
+        port: Option<u16>,
+        kill_existing: bool,
     ) -> Self {
         Self {
             kind,
@@ -122,6 +165,10 @@ impl ProxiedFault {
             toxics,
             server: None,
             bound: None,
+            port,
+            table: port.map(|_| redirect_table(id)),
+            redirect: None,
+            kill_existing,
         }
     }
 
@@ -140,6 +187,10 @@ impl ProxiedFault {
             toxics: Vec::new(),
             server: None,
             bound: None,
+            port: None,
+            table: r.table,
+            redirect: None,
+            kill_existing: false,
         })
     }
 
@@ -180,7 +231,11 @@ impl Fault for ProxiedFault {
     }
 
     fn recovery(&self) -> serde_json::Value {
-        serde_json::json!({ "listen": self.listen })
+        serde_json::to_value(Recovery {
+            listen: self.listen.clone(),
+            table: self.table.clone(),
+        })
+        .unwrap_or_else(|_| serde_json::json!({ "listen": self.listen }))
     }
 
     fn inject(&mut self) -> BoxFuture<'_, Result<(), InjectError>> {
@@ -199,7 +254,12 @@ impl Fault for ProxiedFault {
                 action: format!("{action} ({} -> {})", self.listen, self.upstream),
                 reason: e.to_string(),
             };
-            let server = ProxyServer::new().map_err(|e| failed("start the proxy", e))?;
+            let options = ServerOptions {
+                upstream_mark: self.port.map(|_| TRANSPARENT_MARK),
+                ..ServerOptions::default()
+            };
+            let server =
+                ProxyServer::with_options(options).map_err(|e| failed("start the proxy", e))?;
             let proxy = server
                 .create(ProxyConfig::new(&self.name, &self.listen, &self.upstream))
                 .map_err(|e| failed("listen", e))?;
@@ -226,6 +286,31 @@ impl Fault for ProxiedFault {
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
+            if let (Some(port), Some(table), Some(bound)) =
+                (self.port, self.table.clone(), self.bound)
+            {
+                let mut spec = RedirectSpec::new(table, port, bound.port());
+                spec.exclude_mark = Some(TRANSPARENT_MARK);
+                match Redirect::install(&spec) {
+                    Ok(r) => self.redirect = Some(r),
+                    Err(e) => {
+                        if let Some(server) = self.server.take() {
+                            server.shutdown();
+                        }
+                        return Err(failed("redirect the port", e));
+                    }
+                }
+                if self.kill_existing {
+                    let cut = super::ss::kill_connections(&super::ss::Filter::Port(port))
+                        .await
+                        .map_err(|reason| InjectError::Failed {
+                            kind: self.kind,
+                            action: format!("cut established connections of port {port} (ss -K)"),
+                            reason,
+                        })?;
+                    tracing::info!(kind = self.kind, port, cut, "established connections cut");
+                }
+            }
             tracing::info!(kind = self.kind, listen = ?self.bound, upstream = %self.upstream, "proxy in place");
             Ok(())
         })
@@ -233,6 +318,23 @@ impl Fault for ProxiedFault {
 
     fn revert(&mut self) -> BoxFuture<'_, Result<(), RevertError>> {
         Box::pin(async move {
+            // The redirect first: traffic must not be sent to a proxy that is gone.
+            let redirect = match (self.redirect.as_mut(), &self.table) {
+                (Some(r), _) => r.revert(),
+                (None, Some(table)) => revert_table(None, table),
+                (None, None) => Ok(()),
+            };
+            if let Err(e) = redirect {
+                return Err(RevertError::Failed {
+                    kind: self.kind,
+                    reason: e.to_string(),
+                    left: format!(
+                        "nft table inet {}",
+                        self.table.as_deref().unwrap_or_default()
+                    ),
+                });
+            }
+            self.redirect = None;
             if let Some(server) = self.server.take() {
                 server.shutdown();
             }
@@ -242,6 +344,24 @@ impl Fault for ProxiedFault {
 
     fn verify_reverted(&self) -> BoxFuture<'_, Result<(), RevertError>> {
         Box::pin(async move {
+            if let Some(table) = &self.table {
+                match table_exists(None, table) {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        return Err(RevertError::NotReverted {
+                            kind: self.kind,
+                            left: format!("nft table inet {table}"),
+                        });
+                    }
+                    Err(e) => {
+                        return Err(RevertError::Failed {
+                            kind: self.kind,
+                            reason: e.to_string(),
+                            left: format!("nft table inet {table}"),
+                        });
+                    }
+                }
+            }
             let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
             while self.listener_up() {
                 if std::time::Instant::now() >= deadline {
