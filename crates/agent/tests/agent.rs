@@ -127,7 +127,7 @@ async fn bad_input_is_a_4xx_json_error_and_nothing_is_journaled() {
         ),
         (
             "a",
-            json!({"kind": "network.latency", "params": {"port": 1, "delay": "1s"}, "lease": "2s"}),
+            json!({"kind": "http.error", "params": {"listen": "127.0.0.1:1", "upstream": "127.0.0.1:2", "status": 503}, "lease": "2s"}),
             422,
             "unsupported",
         ),
