@@ -188,6 +188,20 @@ fn sigkill_of_the_agent_holding_a_db_lock_frees_it_within_the_dead_man_timeout()
         writer.try_wait().expect("wait").is_none(),
         "the writer went through the lock"
     );
+    // The agent's fault status reports who waits behind the lock.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let figures = loop {
+        let (status, body) = http(addr, "GET", "/v1/faults/e2e-db-lock", "e2e-token", "");
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
+        let figures = v["observation"]["figures"].clone();
+        if figures["blocked_sessions"] == 1 || std::time::Instant::now() > deadline {
+            break figures;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(figures["blocked_sessions"], 1, "{figures}");
+    assert_eq!(figures["holding"], true, "{figures}");
 
     // ...and goes through once the agent is killed, with no revert from anyone:
     // the server ends the dead agent's session (lease + margin at the latest).

@@ -328,6 +328,13 @@ impl Manager {
         v
     }
 
+    /// Fault `id` as listed, with what it looks like from outside now.
+    pub async fn status(&self, id: &str) -> Option<(FaultView, Observation)> {
+        let faults = self.faults.lock().await;
+        let a = faults.get(id)?;
+        Some((a.view(id), a.fault.observe().await))
+    }
+
     /// What fault `id` looks like from outside now.
     pub async fn observe(&self, id: &str) -> Option<Observation> {
         let faults = self.faults.lock().await;

@@ -18,6 +18,11 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub struct Observation {
     pub active: bool,
     pub detail: String,
+    /// Figures for machines where the kind has them (`db.lock`: the sessions its
+    /// lock blocks and the longest wait), for the agent's fault status and the run
+    /// journal; null otherwise.
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub figures: serde_json::Value,
 }
 
 /// One fault on this host. The life cycle is `inject` -> (guarded by a lease, held

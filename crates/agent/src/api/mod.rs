@@ -10,7 +10,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use faultline_spec::units::Duration;
 use serde::Deserialize;
@@ -32,7 +32,10 @@ pub fn router(manager: Arc<Manager>, token: Token) -> Router {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/faults", get(list))
-        .route("/v1/faults/{id}", put(put_fault).delete(delete_fault))
+        .route(
+            "/v1/faults/{id}",
+            get(get_fault).put(put_fault).delete(delete_fault),
+        )
         .route("/v1/faults/{id}/renew", post(renew))
         .route("/v1/halt", post(halt))
         .route("/metrics", get(metrics))
@@ -65,6 +68,32 @@ async fn health(State(s): State<AppState>) -> Response {
 
 async fn list(State(s): State<AppState>) -> Response {
     Json(s.manager.list().await).into_response()
+}
+
+/// One active fault with what it looks like from outside now (`observation`,
+/// with the kind's figures: for db.lock the sessions it blocks).
+async fn get_fault(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let Some((view, observation)) = s.manager.status(&id).await else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no active fault {id:?}"),
+        ));
+    };
+    let mut body = serde_json::to_value(view)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    if let Some(obj) = body.as_object_mut() {
+        obj.insert(
+            "observation".into(),
+            serde_json::to_value(observation).map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?,
+        );
+    }
+    Ok(Json(body).into_response())
 }
 
 fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {

@@ -76,7 +76,15 @@ impl Fault for DbLockFault {
     fn observe(&self) -> BoxFuture<'_, Observation> {
         Box::pin(async move {
             let s = self.status().await;
+            let figures = serde_json::json!({
+                "holding": s.holding,
+                "stalls": s.stalls,
+                "blocked_sessions": s.blocked.map(|b| b.waiting),
+                "longest_wait_ms": s.blocked.map(|b| b.longest_wait.as_millis() as u64),
+                "last_error": s.last_error,
+            });
             Observation {
+                figures,
                 active: s.holding,
                 detail: format!("session `{}`: {s:?}", self.session_name()),
             }

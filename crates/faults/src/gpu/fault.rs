@@ -197,6 +197,7 @@ impl Fault for GpuFault {
                 GpuFault::Shim(_, f) => {
                     let s = f.status();
                     Observation {
+                        figures: serde_json::Value::Null,
                         active: s.active,
                         detail: format!("{s:?}"),
                     }
@@ -204,6 +205,7 @@ impl Fault for GpuFault {
                 GpuFault::MemoryHog(f) => {
                     let s = f.status();
                     Observation {
+                        figures: serde_json::Value::Null,
                         active: s.running,
                         detail: format!("{s:?}"),
                     }
@@ -211,6 +213,7 @@ impl Fault for GpuFault {
                 GpuFault::ComputeHog(f) => {
                     let s = f.status();
                     Observation {
+                        figures: serde_json::Value::Null,
                         active: s.running,
                         detail: format!("{s:?}"),
                     }
@@ -218,6 +221,7 @@ impl Fault for GpuFault {
                 GpuFault::DeviceDeny(f) => {
                     let s = f.status();
                     Observation {
+                        figures: serde_json::Value::Null,
                         active: !s.denied.is_empty(),
                         detail: format!("{s:?}"),
                     }

@@ -380,6 +380,7 @@ impl Fault for ProxiedFault {
         Box::pin(async move {
             let up = self.server.is_some() && self.listener_up();
             Observation {
+                figures: serde_json::Value::Null,
                 active: up,
                 detail: format!(
                     "proxy {} -> {}: {}",

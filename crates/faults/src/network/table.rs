@@ -126,6 +126,7 @@ impl Fault for NftTableFault {
         Box::pin(async move {
             let present = nft::table_exists(&self.table).await;
             Observation {
+                figures: serde_json::Value::Null,
                 active: matches!(present, Ok(true)),
                 detail: match present {
                     Ok(true) => format!("table inet {} present", self.table),

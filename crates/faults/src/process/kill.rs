@@ -108,6 +108,7 @@ impl Fault for ProcessKillFault {
         Box::pin(async move {
             let alive = self.procs.iter().filter(|p| p.state().is_some()).count();
             Observation {
+                figures: serde_json::Value::Null,
                 active: alive < self.procs.len(),
                 detail: format!("{alive} of {} targets alive", self.procs.len()),
             }

@@ -142,6 +142,7 @@ impl Fault for ProcessPauseFault {
         Box::pin(async move {
             let stopped = self.stopped();
             Observation {
+                figures: serde_json::Value::Null,
                 active: !stopped.is_empty(),
                 detail: format!("{} of {} targets stopped", stopped.len(), self.procs.len()),
             }
