@@ -11,7 +11,6 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -19,148 +18,10 @@ use faultline_cuda_shim::state::{
     DeviceMask, Fault, FaultMode, GpuError, STATE_FILE_LEN, StateFile,
 };
 
-// === fixture: built libraries and compiled test programs ===
+#[path = "fixtures/build.rs"]
+mod build;
 
-struct Fixture {
-    _dir: tempfile::TempDir,
-    shim: PathBuf,
-    soname: PathBuf,
-    nvml_soname: PathBuf,
-    fake: PathBuf,
-    fake_nvml: PathBuf,
-    /// libcuda.so(.1) -> the fake driver, libnvidia-ml.so(.1) -> the fake NVML.
-    fake_dir: PathBuf,
-    /// libcuda.so.1 and libnvidia-ml.so.1 -> the SONAME builds of the shim, and
-    /// their real-library dependencies -> the fakes.
-    shim_dir: PathBuf,
-    drvtest: PathBuf,
-    drvtest_direct: PathBuf,
-}
-
-fn fixture() -> &'static Fixture {
-    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
-    FIXTURE.get_or_init(build_fixture)
-}
-
-fn build_fixture() -> Fixture {
-    // target/<profile>/deps/shim-<hash> -> target/<profile>
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps")
-        .to_path_buf();
-    // The cdylibs are built in a target directory of their own: a nested build in
-    // the outer one would rebuild shared artifacts under the running test suite
-    // (with other features than the workspace build unified).
-    let fixture_target = profile_dir
-        .parent()
-        .expect("target/<profile> has a parent")
-        .join("gpu-fixtures");
-    let fixture_profile = fixture_target.join(profile_dir.file_name().expect("profile name"));
-    let mut cargo = Command::new(env!("CARGO"));
-    cargo.env("CARGO_TARGET_DIR", &fixture_target);
-    cargo
-        .args(["build", "--quiet", "-p", "faultline-cuda-shim"])
-        .args([
-            "-p",
-            "faultline-cuda-shim-soname",
-            "-p",
-            "faultline-nvml-shim-soname",
-        ])
-        .args(["-p", "faultline-fake-cuda", "-p", "faultline-fake-nvml"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cargo.arg("--release");
-    }
-    let status = cargo.status().expect("run cargo build");
-    assert!(
-        status.success(),
-        "cargo build of the shim and fake driver failed"
-    );
-
-    let lib = |name: &str| {
-        let p = fixture_profile.join(name);
-        assert!(p.exists(), "{} was not built", p.display());
-        p
-    };
-    let (shim, soname, nvml_soname, fake, fake_nvml) = (
-        lib("libfaultline_cuda_shim.so"),
-        lib("libfaultline_cuda_shim_soname.so"),
-        lib("libfaultline_nvml_shim_soname.so"),
-        lib("libfaultline_fake_cuda.so"),
-        lib("libfaultline_fake_nvml.so"),
-    );
-
-    let dir = tempfile::tempdir().expect("tempdir");
-    let fake_dir = dir.path().join("fake");
-    let shim_dir = dir.path().join("shim");
-    for d in [&fake_dir, &shim_dir] {
-        std::fs::create_dir(d).expect("mkdir");
-    }
-    let links = [
-        (&fake_dir, "libcuda.so.1", &fake),
-        (&fake_dir, "libcuda.so", &fake),
-        (&fake_dir, "libnvidia-ml.so.1", &fake_nvml),
-        (&fake_dir, "libnvidia-ml.so", &fake_nvml),
-        (&shim_dir, "libcuda.so.1", &soname),
-        (&shim_dir, "libnvidia-ml.so.1", &nvml_soname),
-        // The SONAME builds' dependencies, found next to them ($ORIGIN): the
-        // real libraries, here the fakes.
-        (&shim_dir, "libfaultline-real-cuda.so.1", &fake),
-        (&shim_dir, "libfaultline-real-nvml.so.1", &fake_nvml),
-    ];
-    for (dir, name, target) in links {
-        std::os::unix::fs::symlink(target, dir.join(name)).expect("symlink");
-    }
-
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/drvtest.c");
-    let drvtest = dir.path().join("drvtest");
-    let drvtest_direct = dir.path().join("drvtest_direct");
-    cc(&[
-        src.as_os_str(),
-        "-o".as_ref(),
-        drvtest.as_os_str(),
-        "-ldl".as_ref(),
-    ]);
-    cc(&[
-        "-DDIRECT".as_ref(),
-        src.as_os_str(),
-        "-o".as_ref(),
-        drvtest_direct.as_os_str(),
-        "-L".as_ref(),
-        fake_dir.as_os_str(),
-        "-lcuda".as_ref(),
-        "-lnvidia-ml".as_ref(),
-        "-ldl".as_ref(),
-    ]);
-    Fixture {
-        _dir: dir,
-        shim,
-        soname,
-        nvml_soname,
-        fake,
-        fake_nvml,
-        fake_dir,
-        shim_dir,
-        drvtest,
-        drvtest_direct,
-    }
-}
-
-fn cc(args: &[&std::ffi::OsStr]) {
-    let out = Command::new("cc")
-        .args(["-O1", "-Wall", "-Wextra", "-Werror"])
-        .args(args)
-        .output()
-        .expect("run cc (gcc or clang must be installed)");
-    assert!(
-        out.status.success(),
-        "cc {:?} failed:\n{}",
-        args,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use build::fixture;
 
 // === a target: one state file, programs run against it ===
 

@@ -1,7 +1,7 @@
 //! gpu faults against real processes: a C program calling the CUDA driver API
 //! (crates/cuda-shim/tests/fixtures/drvtest.c) through the preloaded shim, in
-//! front of the fake driver, while `GpuShimFault` writes the state file; a copy
-//! of this test binary as the agent, SIGKILLed mid-fault; and `gpu.device_deny`
+//! front of the fake driver, while `GpuShimFault` writes the state file; the
+//! example `gpu_fault_holder` as the agent, SIGKILLed mid-fault; and `gpu.device_deny`
 //! on a cgroup this test creates, judged by a process in it opening an NVIDIA
 //! device node.
 //!
@@ -12,7 +12,6 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -23,103 +22,16 @@ use faultline_faults::gpu::{
 use faultline_spec::fault::{Devices, GpuCalls, GpuDeviceDeny, GpuError, GpuSlow, GpuUnavailable};
 use faultline_spec::units::Duration as SpecDuration;
 
-// === fixture: the shim, the fake driver, drvtest ===
+// The shim, the fake driver and drvtest, built as the interposer's own tests do.
+#[path = "../../cuda-shim/tests/fixtures/build.rs"]
+mod build;
 
-struct Fixture {
-    _dir: tempfile::TempDir,
-    shim: PathBuf,
-    fake: PathBuf,
-    fake_nvml: PathBuf,
-    fake_dir: PathBuf,
-    drvtest: PathBuf,
-}
-
-fn fixture() -> &'static Fixture {
-    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
-    FIXTURE.get_or_init(build_fixture)
-}
-
-fn build_fixture() -> Fixture {
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps")
-        .to_path_buf();
-    // The cdylibs are built in a target directory of their own: a nested build in
-    // the outer one would rebuild shared artifacts under the running test suite
-    // (with other features than the workspace build unified).
-    let fixture_target = profile_dir
-        .parent()
-        .expect("target/<profile> has a parent")
-        .join("gpu-fixtures");
-    let fixture_profile = fixture_target.join(profile_dir.file_name().expect("profile name"));
-    let mut cargo = Command::new(env!("CARGO"));
-    cargo.env("CARGO_TARGET_DIR", &fixture_target);
-    cargo
-        .args(["build", "--quiet", "-p", "faultline-cuda-shim"])
-        .args(["-p", "faultline-fake-cuda", "-p", "faultline-fake-nvml"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cargo.arg("--release");
-    }
-    let status = cargo.status().expect("run cargo build");
-    assert!(
-        status.success(),
-        "cargo build of the shim and fake driver failed"
-    );
-    let lib = |name: &str| {
-        let p = fixture_profile.join(name);
-        assert!(p.exists(), "{} was not built", p.display());
-        p
-    };
-    let (shim, fake, fake_nvml) = (
-        lib("libfaultline_cuda_shim.so"),
-        lib("libfaultline_fake_cuda.so"),
-        lib("libfaultline_fake_nvml.so"),
-    );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let fake_dir = dir.path().join("fake");
-    std::fs::create_dir(&fake_dir).expect("mkdir");
-    for (name, target) in [
-        ("libcuda.so.1", &fake),
-        ("libcuda.so", &fake),
-        ("libnvidia-ml.so.1", &fake_nvml),
-        ("libnvidia-ml.so", &fake_nvml),
-    ] {
-        std::os::unix::fs::symlink(target, fake_dir.join(name)).expect("symlink");
-    }
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cuda-shim/tests/fixtures/drvtest.c");
-    let drvtest = dir.path().join("drvtest_direct");
-    let out = Command::new("cc")
-        .args(["-O1", "-Wall", "-Wextra", "-Werror", "-DDIRECT"])
-        .arg(&src)
-        .arg("-o")
-        .arg(&drvtest)
-        .arg("-L")
-        .arg(&fake_dir)
-        .args(["-lcuda", "-lnvidia-ml", "-ldl"])
-        .output()
-        .expect("run cc (gcc or clang must be installed)");
-    assert!(
-        out.status.success(),
-        "cc drvtest.c failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Fixture {
-        _dir: dir,
-        shim,
-        fake,
-        fake_nvml,
-        fake_dir,
-        drvtest,
-    }
-}
+use build::fixture;
 
 /// drvtest linked against libcuda, the shim preloaded, the fake driver behind.
 fn drvtest(state: &Path, args: &[&str]) -> Command {
     let f = fixture();
-    let mut cmd = Command::new(&f.drvtest);
+    let mut cmd = Command::new(&f.drvtest_direct);
     cmd.arg("direct")
         .args(args)
         .env("LD_LIBRARY_PATH", &f.fake_dir)
@@ -400,31 +312,6 @@ fn a_lease_that_is_not_renewed_lapses_in_the_running_program() {
     f.revert().unwrap();
 }
 
-/// Not a test on its own: the agent stand-in that
-/// `a_killed_agent_leaves_the_fault_for_at_most_its_lease` runs as a separate
-/// process (this same binary) and SIGKILLs. Without its variable it returns.
-#[test]
-fn agent_process() {
-    let Some(state) = std::env::var_os("FAULTLINE_TEST_AGENT_STATE") else {
-        return;
-    };
-    let lease = Duration::from_millis(1000);
-    let f = GpuShimFault::unavailable(
-        "agent",
-        &unavailable(GpuError::EccUncorrectable, Devices::All),
-        lease,
-        Path::new(&state),
-    )
-    .unwrap();
-    f.inject().unwrap();
-    // Renew like the agent does, until killed (bounded, in case nobody does).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-        f.renew(lease).unwrap();
-    }
-}
-
 #[test]
 fn a_killed_agent_leaves_the_fault_for_at_most_its_lease() {
     let dir = tempfile::tempdir().unwrap();
@@ -444,18 +331,28 @@ fn a_killed_agent_leaves_the_fault_for_at_most_its_lease() {
     let live = Live::start(&state, dir.path());
     live.wait_launch(0, Duration::from_secs(20));
 
-    let mut agent = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "agent_process",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("FAULTLINE_TEST_AGENT_STATE", &state)
+    // The agent stand-in: an example binary that injects and renews like the
+    // agent, in a process of its own so it can be SIGKILLed.
+    let holder = std::env::current_exe()
+        .ok()
+        .and_then(|e| {
+            e.parent()?
+                .parent()
+                .map(|d| d.join("examples/gpu_fault_holder"))
+        })
+        .expect("target/<profile>/examples");
+    let mut agent = Command::new(&holder)
+        .arg(&state)
+        .arg(lease.as_millis().to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("spawn the agent stand-in");
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start {} (built by `cargo test`): {e}",
+                holder.display()
+            )
+        });
     live.wait_launch(214, Duration::from_secs(10));
     // Longer than one lease: the agent's renewals keep it on.
     live.all_launches(214, lease + Duration::from_millis(500));
