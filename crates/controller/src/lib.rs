@@ -6,6 +6,7 @@
 //! it never injects a fault itself, and it never starts anything from `plan`.
 
 pub mod client;
+pub mod engine;
 pub mod journal;
 pub mod plan;
 pub mod select;

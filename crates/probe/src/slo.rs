@@ -65,7 +65,12 @@ pub enum Observed {
 impl fmt::Display for Observed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Observed::Percent(p) => write!(f, "{p}%"),
+            // Three decimals are enough to compare with any bound people write
+            // (99.95%); more is floating-point noise (41.666666666666664%).
+            Observed::Percent(p) => {
+                let s = format!("{p:.3}");
+                write!(f, "{}%", s.trim_end_matches('0').trim_end_matches('.'))
+            }
             Observed::Latency(d) => write!(f, "{}", units::Duration(*d)),
             Observed::Number(n) => write!(f, "{n}"),
         }

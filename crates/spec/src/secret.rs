@@ -75,8 +75,9 @@ impl Secret {
     }
 
     /// The text exactly as written: `${env:NAME}` references unresolved, an inline
-    /// password in clear. Only for the agent's journal (a 0600 file it needs to
-    /// revert after a crash), never for logs, reports or API answers.
+    /// password in clear. Only for the request that carries a fault to its agent
+    /// and the agent's journal (a 0600 file it needs to revert after a crash),
+    /// never for logs, reports or API answers.
     pub fn as_written(&self) -> &str {
         &self.0
     }

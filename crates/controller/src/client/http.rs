@@ -8,7 +8,9 @@ use faultline_spec::units::Duration;
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 
-use super::{AgentClient, BoxFuture, ClientError, FaultRequest, FaultView, HaltReport, Health};
+use super::{
+    AgentClient, BoxFuture, ClientError, FaultRequest, FaultStatus, FaultView, HaltReport, Health,
+};
 
 #[derive(Clone)]
 pub struct HttpClient {
@@ -187,6 +189,20 @@ impl AgentClient for HttpClient {
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<FaultView>, ClientError>> {
         Box::pin(self.call(Method::GET, "/v1/faults", None))
+    }
+
+    fn status<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<FaultStatus>, ClientError>> {
+        Box::pin(async move {
+            let id = checked_id(&self.name, id)?;
+            match self.call(Method::GET, &format!("/v1/faults/{id}"), None).await {
+                Ok(s) => Ok(Some(s)),
+                Err(e) if e.status() == Some(404) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
     }
 
     fn halt(&self) -> BoxFuture<'_, Result<HaltReport, ClientError>> {

@@ -9,7 +9,10 @@ use faultline_agent::api::ApiError;
 use faultline_agent::{Manager, ManagerError};
 use faultline_spec::units::Duration;
 
-use super::{AgentClient, BoxFuture, ClientError, FaultRequest, FaultView, HaltReport, Health};
+use super::{
+    AgentClient, BoxFuture, ClientError, FaultRequest, FaultStatus, FaultView, HaltReport, Health,
+    Observation,
+};
 
 #[derive(Debug)]
 pub struct LocalClient {
@@ -94,6 +97,22 @@ impl AgentClient for LocalClient {
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<FaultView>, ClientError>> {
         Box::pin(async move { Ok(self.manager.list().await) })
+    }
+
+    fn status<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<FaultStatus>, ClientError>> {
+        Box::pin(async move {
+            Ok(self.manager.status(id).await.map(|(view, o)| FaultStatus {
+                view,
+                observation: Observation {
+                    active: o.active,
+                    detail: o.detail,
+                    figures: o.figures,
+                },
+            }))
+        })
     }
 
     fn halt(&self) -> BoxFuture<'_, Result<HaltReport, ClientError>> {

@@ -12,6 +12,24 @@ use std::pin::Pin;
 
 pub use faultline_agent::{FaultRequest, FaultView, HaltReport, Health};
 use faultline_spec::units::Duration;
+use serde::{Deserialize, Serialize};
+
+/// `GET /v1/faults/{id}`: the fault as listed, with its observation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FaultStatus {
+    #[serde(flatten)]
+    pub view: FaultView,
+    pub observation: Observation,
+}
+
+/// What a fault looks like from outside (the agent's `Fault::observe`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Observation {
+    pub active: bool,
+    pub detail: String,
+    #[serde(default)]
+    pub figures: serde_json::Value,
+}
 
 pub use http::HttpClient;
 pub use local::LocalClient;
@@ -72,6 +90,12 @@ pub trait AgentClient: Send + Sync + std::fmt::Debug {
     /// Reverts a fault; false when there was none.
     fn delete_fault<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, ClientError>>;
     fn list(&self) -> BoxFuture<'_, Result<Vec<FaultView>, ClientError>>;
+    /// One active fault and what it looks like from outside now; `None` when the
+    /// agent has no such fault.
+    fn status<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<FaultStatus>, ClientError>>;
     /// Reverts everything on the agent.
     fn halt(&self) -> BoxFuture<'_, Result<HaltReport, ClientError>>;
 }

@@ -97,6 +97,27 @@ impl FaultSpec {
         kind.split_once('.').map_or(kind, |(family, _)| family)
     }
 
+    /// The parameters as the agent API takes them (`params` of `PUT
+    /// /v1/faults/{id}`): the inverse of [`Self::from_kind_and_params`]. Secrets go
+    /// as written, `${env:...}` references unresolved, so the agent resolves them in
+    /// its own environment and nothing secret is copied into a request log.
+    pub fn params(&self) -> Result<serde_json::Value, serde_json::Error> {
+        let whole = serde_yaml::with::singleton_map::serialize(self, serde_json::value::Serializer)?;
+        let mut params = match whole {
+            serde_json::Value::Object(mut m) => m.remove(self.kind()).unwrap_or_default(),
+            other => other,
+        };
+        // `Secret` serialises redacted for logs and journals; the agent needs it
+        // as written.
+        if let (FaultSpec::DbLock(d), Some(obj)) = (self, params.as_object_mut()) {
+            obj.insert(
+                "url".to_owned(),
+                serde_json::Value::String(d.url.as_written().to_owned()),
+            );
+        }
+        Ok(params)
+    }
+
     /// Builds a fault from its kind and a JSON parameter object, as the agent API
     /// receives it (`{"kind": "process.pause", "params": {"pid": 4242}}`).
     pub fn from_kind_and_params(
@@ -113,4 +134,30 @@ impl FaultSpec {
 
 fn hundred_percent() -> crate::units::Percent {
     crate::units::Percent::HUNDRED
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_round_trip_with_secrets_as_written() {
+        let spec: FaultSpec = serde_yaml::with::singleton_map::deserialize(
+            serde_yaml::Deserializer::from_str(
+                "db.lock: { url: 'postgres://app:hunter2@127.0.0.1/app', table: jobs, hold: 2s }",
+            ),
+        )
+        .expect("fault");
+        let params = spec.params().expect("params");
+        assert_eq!(params["url"], "postgres://app:hunter2@127.0.0.1/app");
+        assert_eq!(params["table"], "jobs");
+        let back = FaultSpec::from_kind_and_params(spec.kind(), params).expect("back");
+        assert_eq!(back.kind(), "db.lock");
+
+        let spec: FaultSpec = serde_yaml::with::singleton_map::deserialize(
+            serde_yaml::Deserializer::from_str("process.pause: { pid: 42 }"),
+        )
+        .expect("fault");
+        assert_eq!(spec.params().expect("params")["pid"], 42);
+    }
 }
