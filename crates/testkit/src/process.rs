@@ -23,6 +23,35 @@ impl Child {
         Self { inner }
     }
 
+    /// A real HTTP server in its own process (Python's `http.server` on an
+    /// ephemeral loopback port), to be probed, paused and killed; returns once it
+    /// accepts connections.
+    pub fn http_server() -> (Self, std::net::SocketAddr) {
+        use std::io::BufRead as _;
+        let mut inner = Command::new("python3")
+            .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1"])
+            .current_dir(std::env::temp_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn python3 -m http.server (python3 is installed by scripts/setup.sh)");
+        let stdout = inner.stdout.take().expect("piped stdout");
+        let child = Self { inner };
+        // "Serving HTTP on 127.0.0.1 port 41234 (http://127.0.0.1:41234/) ..."
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read http.server banner");
+        let port: u16 = line
+            .split(" port ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in http.server banner {line:?}"));
+        (child, std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
     pub fn pid(&self) -> u32 {
         self.inner.id()
     }
