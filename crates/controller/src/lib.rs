@@ -8,6 +8,7 @@
 pub mod client;
 pub mod journal;
 pub mod plan;
+pub mod report;
 pub mod select;
 
 pub use plan::{Plan, plan};
