@@ -1,10 +1,11 @@
-//! Renderers of a run's [`Journal`](crate::journal::Journal): the results table
-//! the CLI prints on stdout after a run ([`table`]); JUnit XML and the HTML report
-//! follow.
+//! Renderers of a run's [`Journal`]: the results table the CLI prints on stdout
+//! after a run ([`table`]) and JUnit XML for CI test UIs ([`junit`]); the HTML
+//! report follows.
 //!
 //! Every renderer reads the journal only. Failures are named the same way in all
 //! of them ([`failure_line`]), so that what a CI log says is what the HTML page says.
 
+mod junit;
 mod table;
 
 #[cfg(test)]
@@ -12,9 +13,10 @@ pub(crate) mod fixtures;
 
 use std::path::PathBuf;
 
+pub use junit::junit;
 pub use table::table;
 
-use crate::journal::{CheckKind, CheckRecord, FaultRecord, RunStatus, VerdictRecord};
+use crate::journal::{CheckKind, CheckRecord, FaultRecord, Journal, RunStatus, VerdictRecord};
 
 /// Why a report could not be rendered or written.
 #[derive(Debug, thiserror::Error)]
@@ -191,6 +193,19 @@ pub(crate) fn revert_in_doubt(f: &FaultRecord) -> bool {
     f.revert_error.is_some() || (!f.revert_confirmed && f.injected_s.is_some())
 }
 
+/// The run's epoch (second 0 of every `*_s` field) as a wall-clock time, from the
+/// first phase record (which carries both), or the run's start.
+pub(crate) fn epoch(j: &Journal) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+    for p in &j.phases {
+        if let Ok(t) = chrono::DateTime::parse_from_rfc3339(&p.started_at)
+            && p.start_s.is_finite()
+        {
+            return Some(t - chrono::TimeDelta::milliseconds((p.start_s * 1000.0).round() as i64));
+        }
+    }
+    chrono::DateTime::parse_from_rfc3339(&j.started_at).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,5 +241,12 @@ mod tests {
             "recovery: api: availability >= 99%, p99 <= 300ms (p99 612ms > 300ms): \
              not held within recovery.within 30s"
         );
+    }
+
+    #[test]
+    fn report_epoch_comes_from_phase_records() {
+        let j = fixtures::failed_run();
+        let e = epoch(&j).expect("epoch");
+        assert_eq!(e.to_rfc3339(), "2025-03-04T10:00:00+00:00");
     }
 }
