@@ -1,20 +1,25 @@
 //! Renderers of a run's [`Journal`]: the results table the CLI prints on stdout
-//! after a run ([`table`]) and JUnit XML for CI test UIs ([`junit`]); the HTML
-//! report follows.
+//! after a run ([`table`]), JUnit XML for CI test UIs ([`junit`]), and a
+//! self-contained HTML report with an SVG timeline ([`html`], [`timeline_svg`]).
 //!
-//! Every renderer reads the journal only. Failures are named the same way in all
-//! of them ([`failure_line`]), so that what a CI log says is what the HTML page says.
+//! Every renderer reads the journal only; none of them does I/O except [`html`],
+//! which writes the files it names. Failures are named the same way in all three
+//! ([`failure_line`]), so that what a CI log says is what the HTML page says.
 
+mod html;
 mod junit;
 mod table;
+mod timeline;
 
 #[cfg(test)]
 pub(crate) mod fixtures;
 
 use std::path::PathBuf;
 
+pub use html::html;
 pub use junit::junit;
 pub use table::table;
+pub use timeline::timeline_svg;
 
 use crate::journal::{CheckKind, CheckRecord, FaultRecord, Journal, RunStatus, VerdictRecord};
 
@@ -191,6 +196,14 @@ pub(crate) fn failure_word(v: &VerdictRecord) -> &'static str {
 /// the agent did not confirm it gone.
 pub(crate) fn revert_in_doubt(f: &FaultRecord) -> bool {
     f.revert_error.is_some() || (!f.revert_confirmed && f.injected_s.is_some())
+}
+
+/// A fault's window on the timeline: injected..reverted, the planned ends where
+/// either is missing. `planned` is true when any end is the plan's.
+pub(crate) fn fault_window(f: &FaultRecord) -> (f64, f64, bool) {
+    let start = f.injected_s.unwrap_or(f.planned_start_s);
+    let end = f.reverted_s.unwrap_or(f.planned_end_s.max(start));
+    (start, end, f.injected_s.is_none() || f.reverted_s.is_none())
 }
 
 /// The run's epoch (second 0 of every `*_s` field) as a wall-clock time, from the
