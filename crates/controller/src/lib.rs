@@ -9,6 +9,7 @@ pub mod client;
 pub mod engine;
 pub mod journal;
 pub mod plan;
+pub mod report;
 pub mod select;
 
 pub use plan::{Plan, plan};
