@@ -8,6 +8,7 @@ use faultline_spec::FaultSpec;
 use crate::db::DbLockFault;
 
 use crate::gpu::GpuFault;
+use crate::http::HttpGatewayFault;
 use crate::network::proxied::ProxiedFault;
 use crate::network::{NftTableFault, loss, partition};
 use crate::process::{ProcessKillFault, ProcessPauseFault};
@@ -15,20 +16,10 @@ use crate::{Fault, InjectError};
 
 /// Kinds that exist in the format but not in this agent yet, and the issue or part
 /// that brings each. `capabilities()` is every other kind.
-const UNSUPPORTED: &[(&str, &str)] = &[
-    (
-        "network.bandwidth",
-        "not wired to the fault proxy (crates/proxy) yet; meanwhile run `faultline proxy` and drive it with its Toxiproxy API",
-    ),
-    (
-        "http.error",
-        "not wired to the L7 fault proxy (crates/proxy) yet; meanwhile run `faultline proxy`",
-    ),
-    (
-        "http.delay",
-        "not wired to the L7 fault proxy (crates/proxy) yet; meanwhile run `faultline proxy`",
-    ),
-];
+const UNSUPPORTED: &[(&str, &str)] = &[(
+    "network.bandwidth",
+    "not wired to the fault proxy (crates/proxy) yet; meanwhile run `faultline proxy` and drive it with its Toxiproxy API",
+)];
 
 fn unsupported(kind: &'static str) -> InjectError {
     let reason = UNSUPPORTED
@@ -116,9 +107,15 @@ fn construct(
         FaultSpec::GpuMemoryHog(p) => Box::new(GpuFault::memory_hog(id, p)?),
         FaultSpec::GpuComputeHog(p) => Box::new(GpuFault::compute_hog(id, p)?),
         FaultSpec::GpuDeviceDeny(p) => Box::new(GpuFault::device_deny(id, p)?),
-        FaultSpec::NetworkBandwidth(_) | FaultSpec::HttpError(_) | FaultSpec::HttpDelay(_) => {
-            return Err(unsupported(kind));
-        }
+        FaultSpec::HttpError(p) => match recovery {
+            Some(r) => Box::new(HttpGatewayFault::restore(kind, r)?),
+            None => Box::new(HttpGatewayFault::error(id, p)?),
+        },
+        FaultSpec::HttpDelay(p) => match recovery {
+            Some(r) => Box::new(HttpGatewayFault::restore(kind, r)?),
+            None => Box::new(HttpGatewayFault::delay(id, p)?),
+        },
+        FaultSpec::NetworkBandwidth(_) => return Err(unsupported(kind)),
     })
 }
 
