@@ -37,7 +37,7 @@ struct Recovery {
 
 /// The redirect table of a transparent fault: nft table names here are at most 32
 /// characters, so a short readable prefix of the id and a stable hash of all of it.
-pub(crate) fn redirect_table(id: &str) -> String {
+pub fn redirect_table(id: &str) -> String {
     let clean: String = id
         .chars()
         .filter(|c| c.is_ascii_alphanumeric())
