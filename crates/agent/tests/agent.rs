@@ -127,7 +127,9 @@ async fn bad_input_is_a_4xx_json_error_and_nothing_is_journaled() {
         ),
         (
             "a",
-            json!({"kind": "network.bandwidth", "params": {"listen": "127.0.0.1:1", "upstream": "127.0.0.1:2", "rate": "1MiB/s"}, "lease": "2s"}),
+            // Every kind is wired; some parameters are not (the shim delays
+            // launches and syncs together).
+            json!({"kind": "gpu.slow", "params": {"delay": "10ms", "calls": "launch"}, "lease": "2s"}),
             422,
             "unsupported",
         ),
@@ -216,7 +218,12 @@ async fn put_is_idempotent_renew_extends_delete_reverts() {
     assert_eq!(status, 200);
     assert_eq!(health["labels"]["role"], "test");
     assert_eq!(health["active"], 1);
-    for kind in ["process.pause", "http.error", "http.delay"] {
+    for kind in [
+        "process.pause",
+        "http.error",
+        "http.delay",
+        "network.bandwidth",
+    ] {
         assert!(
             health["capabilities"]
                 .as_array()

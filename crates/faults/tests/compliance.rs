@@ -498,6 +498,62 @@ async fn network_drop_reset_through_the_proxy() {
     );
 }
 
+// === network.bandwidth (proxy mode) ===
+
+/// Echoes `n` bytes through the proxy: how long until all came back, or None.
+async fn bulk_round_trip(listen: SocketAddr, n: usize) -> Option<Duration> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let started = std::time::Instant::now();
+    let attempt = async {
+        let s = tokio::net::TcpStream::connect(listen).await.ok()?;
+        let (mut r, mut w) = s.into_split();
+        let writer = tokio::spawn(async move { w.write_all(&vec![b'x'; n]).await.ok() });
+        let mut buf = vec![0u8; n];
+        r.read_exact(&mut buf).await.ok()?;
+        writer.await.ok()??;
+        Some(())
+    };
+    match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+        Ok(Some(())) => Some(started.elapsed()),
+        _ => None,
+    }
+}
+
+struct Throttled(Proxied);
+
+impl ComplianceCase for Throttled {
+    fn spec(&mut self) -> FaultSpec {
+        self.0.spec()
+    }
+    async fn effect_visible(&mut self) -> bool {
+        // 5000 bytes at 10KB/s take at least ~0.5 s; unthrottled, milliseconds.
+        // After revert nothing listens, so nothing is throttled.
+        bulk_round_trip(self.0.listen, 5000)
+            .await
+            .is_some_and(|d| d >= Duration::from_millis(400))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_bandwidth_through_the_proxy() {
+    let mut case = Throttled(Proxied::new(
+        "network.bandwidth",
+        |l, u| json!({ "listen": l.to_string(), "upstream": u.to_string(), "rate": "10KB/s", "direction": "downstream" }),
+        |_| unreachable!("Throttled measures bulk transfers"),
+    ));
+    let direct = bulk_round_trip(case.0.upstream, 5000).await;
+    assert!(
+        direct.is_some_and(|d| d < Duration::from_millis(400)),
+        "the echo service is not fast without the fault: {direct:?}"
+    );
+    let id = format!("bandwidth-{}", case.0.listen.port());
+    assert_fault_compliance(&id, &mut case).await;
+    assert!(
+        case.0.round_trip().await.is_none(),
+        "the proxy's listener outlived revert"
+    );
+}
+
 // === transparent mode: a port captured by nftables, seen from a namespace ===
 
 /// An echo service on every address of this side (port `port`), reached from
