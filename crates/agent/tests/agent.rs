@@ -127,7 +127,9 @@ async fn bad_input_is_a_4xx_json_error_and_nothing_is_journaled() {
         ),
         (
             "a",
-            json!({"kind": "http.error", "params": {"listen": "127.0.0.1:1", "upstream": "127.0.0.1:2", "status": 503}, "lease": "2s"}),
+            // Every kind is wired; some parameters are not (the shim delays
+            // launches and syncs together).
+            json!({"kind": "gpu.slow", "params": {"delay": "10ms", "calls": "launch"}, "lease": "2s"}),
             422,
             "unsupported",
         ),
@@ -216,11 +218,19 @@ async fn put_is_idempotent_renew_extends_delete_reverts() {
     assert_eq!(status, 200);
     assert_eq!(health["labels"]["role"], "test");
     assert_eq!(health["active"], 1);
-    assert!(
-        health["capabilities"]
-            .as_array()
-            .is_some_and(|c| c.contains(&json!("process.pause")))
-    );
+    for kind in [
+        "process.pause",
+        "http.error",
+        "http.delay",
+        "network.bandwidth",
+    ] {
+        assert!(
+            health["capabilities"]
+                .as_array()
+                .is_some_and(|c| c.contains(&json!(kind))),
+            "{kind} not in {health}"
+        );
+    }
 
     let (status, resp) = api
         .call(reqwest::Method::DELETE, "/v1/faults/pause-1", None)
@@ -437,6 +447,9 @@ enum Target {
     Partition(String),
     /// A latency proxy listening here (the upstream need not exist).
     Proxy(SocketAddr),
+    /// An http.error capturing this port transparently; the listener holds the
+    /// port so no other test's traffic is redirected.
+    HttpTransparent(std::net::TcpListener),
 }
 
 impl Target {
@@ -454,6 +467,11 @@ impl Target {
                 "params": {"listen": listen.to_string(), "upstream": "127.0.0.1:9", "delay": "100ms"},
                 "lease": "60s"
             }),
+            Target::HttpTransparent(l) => json!({
+                "kind": "http.error",
+                "params": {"port": l.local_addr().expect("addr").port(), "status": 503},
+                "lease": "60s"
+            }),
         }
     }
     async fn injected(&self, id: &str) -> bool {
@@ -465,6 +483,12 @@ impl Target {
             .await
             .expect("nft"),
             Target::Proxy(listen) => std::net::TcpStream::connect(listen).is_ok(),
+            // The redirect table outlives the agent's process: the journal's job.
+            Target::HttpTransparent(_) => faultline_faults::network::nft::table_exists(
+                &faultline_faults::network::proxied::redirect_table(id),
+            )
+            .await
+            .expect("nft"),
         }
     }
 }
@@ -588,4 +612,20 @@ async fn kill_9_injected_not_journaled_active_leaves_no_proxy_listener() {
 #[tokio::test]
 async fn kill_9_mid_revert_leaves_no_proxy_listener() {
     crash_at("mid-revert", Target::Proxy(proxy_listen())).await;
+}
+
+#[tokio::test]
+async fn kill_9_injected_not_journaled_active_leaves_no_http_redirect() {
+    let port = std::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, 0)).expect("bind");
+    crash_at(
+        "injected-not-journaled-active",
+        Target::HttpTransparent(port),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn kill_9_mid_revert_leaves_no_http_redirect() {
+    let port = std::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, 0)).expect("bind");
+    crash_at("mid-revert", Target::HttpTransparent(port)).await;
 }

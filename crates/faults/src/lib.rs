@@ -15,6 +15,7 @@ pub mod db;
 pub mod error;
 pub mod fault;
 pub mod gpu;
+pub mod http;
 pub mod network;
 pub mod process;
 pub mod registry;

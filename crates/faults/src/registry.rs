@@ -8,38 +8,17 @@ use faultline_spec::FaultSpec;
 use crate::db::DbLockFault;
 
 use crate::gpu::GpuFault;
+use crate::http::HttpGatewayFault;
 use crate::network::proxied::ProxiedFault;
 use crate::network::{NftTableFault, loss, partition};
 use crate::process::{ProcessKillFault, ProcessPauseFault};
 use crate::{Fault, InjectError};
 
 /// Kinds that exist in the format but not in this agent yet, and the issue or part
-/// that brings each. `capabilities()` is every other kind.
-const UNSUPPORTED: &[(&str, &str)] = &[
-    (
-        "network.bandwidth",
-        "not wired to the fault proxy (crates/proxy) yet; meanwhile run `faultline proxy` and drive it with its Toxiproxy API",
-    ),
-    (
-        "http.error",
-        "not wired to the L7 fault proxy (crates/proxy) yet; meanwhile run `faultline proxy`",
-    ),
-    (
-        "http.delay",
-        "not wired to the L7 fault proxy (crates/proxy) yet; meanwhile run `faultline proxy`",
-    ),
-];
-
-fn unsupported(kind: &'static str) -> InjectError {
-    let reason = UNSUPPORTED
-        .iter()
-        .find(|(k, _)| *k == kind)
-        .map_or("not implemented", |(_, r)| r);
-    InjectError::Unsupported {
-        kind,
-        reason: reason.to_owned(),
-    }
-}
+/// that brings each; `capabilities()` is every other kind. Empty: every kind of
+/// faultline/v1 is wired. A kind added to the format before its implementation
+/// goes here, and its arm below returns `InjectError::Unsupported` with the reason.
+const UNSUPPORTED: &[(&str, &str)] = &[];
 
 /// The kinds this agent can inject (its `/v1/health` capabilities).
 pub fn capabilities() -> Vec<&'static str> {
@@ -116,9 +95,18 @@ fn construct(
         FaultSpec::GpuMemoryHog(p) => Box::new(GpuFault::memory_hog(id, p)?),
         FaultSpec::GpuComputeHog(p) => Box::new(GpuFault::compute_hog(id, p)?),
         FaultSpec::GpuDeviceDeny(p) => Box::new(GpuFault::device_deny(id, p)?),
-        FaultSpec::NetworkBandwidth(_) | FaultSpec::HttpError(_) | FaultSpec::HttpDelay(_) => {
-            return Err(unsupported(kind));
-        }
+        FaultSpec::HttpError(p) => match recovery {
+            Some(r) => Box::new(HttpGatewayFault::restore(kind, r)?),
+            None => Box::new(HttpGatewayFault::error(id, p)?),
+        },
+        FaultSpec::HttpDelay(p) => match recovery {
+            Some(r) => Box::new(HttpGatewayFault::restore(kind, r)?),
+            None => Box::new(HttpGatewayFault::delay(id, p)?),
+        },
+        FaultSpec::NetworkBandwidth(p) => match recovery {
+            Some(r) => Box::new(ProxiedFault::restore(kind, r)?),
+            None => Box::new(ProxiedFault::bandwidth(id, p)?),
+        },
     })
 }
 
@@ -140,13 +128,32 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_kinds_name_what_brings_them() {
+    fn a_bandwidth_below_the_proxy_granularity_is_refused_not_zero() {
         let spec = FaultSpec::from_kind_and_params(
             "network.bandwidth",
-            serde_json::json!({"listen": "127.0.0.1:1", "upstream": "127.0.0.1:2", "rate": "1MiB/s"}),
+            serde_json::json!({"listen": "127.0.0.1:1", "upstream": "127.0.0.1:2", "rate": "100B/s"}),
+        )
+        .expect("valid spec");
+        let err = build("x", &spec, Duration::from_secs(1)).expect_err("too slow to express");
+        assert!(
+            matches!(err, InjectError::InvalidParams { .. }) && err.to_string().contains("1KB/s"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unsupported_parameters_of_a_supported_kind_are_unsupported() {
+        // What the agent answers 422 `unsupported` now that every kind is wired.
+        let spec = FaultSpec::from_kind_and_params(
+            "gpu.slow",
+            serde_json::json!({"devices": "all", "delay": "10ms", "calls": "launch"}),
         )
         .expect("valid spec");
         let err = build("x", &spec, Duration::from_secs(1)).expect_err("unsupported");
-        assert!(err.to_string().contains("proxy"), "{err}");
+        assert!(
+            matches!(err, InjectError::Unsupported { .. })
+                && err.to_string().contains("calls: all"),
+            "{err}"
+        );
     }
 }

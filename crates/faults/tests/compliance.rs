@@ -498,6 +498,62 @@ async fn network_drop_reset_through_the_proxy() {
     );
 }
 
+// === network.bandwidth (proxy mode) ===
+
+/// Echoes `n` bytes through the proxy: how long until all came back, or None.
+async fn bulk_round_trip(listen: SocketAddr, n: usize) -> Option<Duration> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let started = std::time::Instant::now();
+    let attempt = async {
+        let s = tokio::net::TcpStream::connect(listen).await.ok()?;
+        let (mut r, mut w) = s.into_split();
+        let writer = tokio::spawn(async move { w.write_all(&vec![b'x'; n]).await.ok() });
+        let mut buf = vec![0u8; n];
+        r.read_exact(&mut buf).await.ok()?;
+        writer.await.ok()??;
+        Some(())
+    };
+    match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+        Ok(Some(())) => Some(started.elapsed()),
+        _ => None,
+    }
+}
+
+struct Throttled(Proxied);
+
+impl ComplianceCase for Throttled {
+    fn spec(&mut self) -> FaultSpec {
+        self.0.spec()
+    }
+    async fn effect_visible(&mut self) -> bool {
+        // 5000 bytes at 10KB/s take at least ~0.5 s; unthrottled, milliseconds.
+        // After revert nothing listens, so nothing is throttled.
+        bulk_round_trip(self.0.listen, 5000)
+            .await
+            .is_some_and(|d| d >= Duration::from_millis(400))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_bandwidth_through_the_proxy() {
+    let mut case = Throttled(Proxied::new(
+        "network.bandwidth",
+        |l, u| json!({ "listen": l.to_string(), "upstream": u.to_string(), "rate": "10KB/s", "direction": "downstream" }),
+        |_| unreachable!("Throttled measures bulk transfers"),
+    ));
+    let direct = bulk_round_trip(case.0.upstream, 5000).await;
+    assert!(
+        direct.is_some_and(|d| d < Duration::from_millis(400)),
+        "the echo service is not fast without the fault: {direct:?}"
+    );
+    let id = format!("bandwidth-{}", case.0.listen.port());
+    assert_fault_compliance(&id, &mut case).await;
+    assert!(
+        case.0.round_trip().await.is_none(),
+        "the proxy's listener outlived revert"
+    );
+}
+
 // === transparent mode: a port captured by nftables, seen from a namespace ===
 
 /// An echo service on every address of this side (port `port`), reached from
@@ -605,5 +661,419 @@ async fn network_drop_transparent_mode_resets_and_cuts_existing_connections() {
     )
     .await;
     let id = format!("tp-drop-{}", case.ns.name);
+    assert_fault_compliance(&id, &mut case).await;
+}
+
+// === http.error, http.delay: real HTTP requests through the gateway proxy ===
+
+/// An HTTP/1.1 service answering `ok <method> <path>` with keep-alive, one thread
+/// per connection (blocking: independent of the test's runtime).
+fn http_service(listener: TcpListener) {
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { break };
+            std::thread::spawn(move || serve_http(conn));
+        }
+    });
+}
+
+fn serve_http(conn: std::net::TcpStream) {
+    use std::io::{BufRead as _, Read as _, Write as _};
+    let Ok(mut w) = conn.try_clone() else { return };
+    let mut r = std::io::BufReader::new(conn);
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or_default().to_owned();
+        let path = parts.next().unwrap_or_default().to_owned();
+        let (mut len, mut close) = (0usize, false);
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end().to_ascii_lowercase();
+            if h.is_empty() {
+                break;
+            }
+            if let Some(v) = h.strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+            close |= h.starts_with("connection:") && h.contains("close");
+        }
+        let mut body = vec![0; len];
+        if r.read_exact(&mut body).is_err() {
+            return;
+        }
+        let text = format!("ok {method} {path}");
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{text}",
+            text.len()
+        );
+        if w.write_all(resp.as_bytes()).is_err() || close {
+            return;
+        }
+    }
+}
+
+/// One HTTP response as a client saw it.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    retry_after: Option<String>,
+    body: String,
+    took: Duration,
+}
+
+/// Parses a raw HTTP/1.1 response (status line, headers, body).
+fn parse_reply(raw: &str, took: Duration) -> Option<Reply> {
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw, ""));
+    let mut lines = head.lines();
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let retry_after = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("retry-after"))
+        .map(|(_, v)| v.trim().to_owned());
+    Some(Reply {
+        status,
+        retry_after,
+        body: body.to_owned(),
+        took,
+    })
+}
+
+/// One request on a connection of its own (`connection: close`); None when the
+/// connection was refused or no answer came within 3 s.
+async fn http_request(addr: SocketAddr, method: &str, path: &str) -> Option<Reply> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let started = std::time::Instant::now();
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        Some(buf)
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(3), attempt)
+        .await
+        .ok()??;
+    parse_reply(&String::from_utf8_lossy(&raw), started.elapsed())
+}
+
+/// An HTTP service on a loopback address of the test's own, and a free address
+/// for the fault's gateway proxy.
+struct Gateway {
+    kind: &'static str,
+    params: serde_json::Value,
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    /// The request that shows the effect, and what "affected" means for it.
+    probe: (&'static str, &'static str),
+    affected: fn(&Reply) -> bool,
+}
+
+impl Gateway {
+    fn new(
+        kind: &'static str,
+        params: serde_json::Value,
+        probe: (&'static str, &'static str),
+        affected: fn(&Reply) -> bool,
+    ) -> Self {
+        let service = TcpListener::bind((unique_loopback(), 0)).expect("bind the service");
+        let upstream = service.local_addr().expect("addr");
+        http_service(service);
+        let listen = free_addr();
+        let mut params = params;
+        params["listen"] = json!(listen.to_string());
+        params["upstream"] = json!(upstream.to_string());
+        Self {
+            kind,
+            params,
+            listen,
+            upstream,
+            probe,
+            affected,
+        }
+    }
+
+    async fn send(&self, method: &str, path: &str) -> Option<Reply> {
+        http_request(self.listen, method, path).await
+    }
+}
+
+impl ComplianceCase for Gateway {
+    fn spec(&mut self) -> FaultSpec {
+        spec(self.kind, self.params.clone())
+    }
+    async fn effect_visible(&mut self) -> bool {
+        let (method, path) = self.probe;
+        // After revert nothing listens on `listen`: no reply, no effect.
+        self.send(method, path)
+            .await
+            .is_some_and(|r| (self.affected)(&r))
+    }
+}
+
+fn figures(o: &faultline_faults::Observation, key: &str) -> u64 {
+    o.figures[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("figure {key} in {}", o.figures))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_error_answers_429_with_retry_after_to_matching_requests() {
+    let mut case = Gateway::new(
+        "http.error",
+        json!({ "status": 429, "retry_after": "2s", "path": "/v1", "method": "POST" }),
+        ("POST", "/v1/complete"),
+        |r| r.status == 429 && r.retry_after.as_deref() == Some("2"),
+    );
+    let before = http_request(case.upstream, "POST", "/v1/complete").await;
+    assert_eq!(before.map(|r| r.status), Some(200), "service up before");
+    let id = format!("http-error-{}", case.listen.port());
+    assert_fault_compliance(&id, &mut case).await;
+
+    // Only matching requests are answered; the rest reach the service.
+    let mut fault =
+        faultline_faults::build(&id, &case.spec(), Duration::from_secs(30)).expect("build");
+    fault.inject().await.expect("inject");
+    let hit = case.send("POST", "/v1/complete").await.expect("a reply");
+    assert_eq!((hit.status, hit.retry_after.as_deref()), (429, Some("2")));
+    for (method, path) in [("GET", "/v1/complete"), ("POST", "/health")] {
+        let r = case.send(method, path).await.expect("a reply");
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (200, format!("ok {method} {path}").as_str()),
+            "{method} {path} passes through"
+        );
+    }
+    let seen = fault.observe().await;
+    assert!(seen.active, "{seen:?}");
+    assert_eq!(
+        (
+            figures(&seen, "requests"),
+            figures(&seen, "matched"),
+            figures(&seen, "errors")
+        ),
+        (3, 1, 1),
+        "{seen:?}"
+    );
+    faultline_faults::revert_and_verify(fault.as_mut())
+        .await
+        .expect("revert");
+    let refused = tokio::net::TcpStream::connect(case.listen).await;
+    assert!(
+        refused.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused),
+        "the gateway proxy's listener outlived revert"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_error_probability_is_respected_per_request() {
+    let case = Gateway::new(
+        "http.error",
+        json!({ "status": 503, "probability": "50%" }),
+        ("GET", "/"),
+        |r| r.status == 503,
+    );
+    let id = format!("http-error-p-{}", case.listen.port());
+    let mut fault = faultline_faults::build(
+        &id,
+        &spec(case.kind, case.params.clone()),
+        Duration::from_secs(30),
+    )
+    .expect("build");
+    fault.inject().await.expect("inject");
+    let (mut errors, mut passed) = (0, 0);
+    for _ in 0..200 {
+        match case.send("GET", "/p").await.map(|r| r.status) {
+            Some(503) => errors += 1,
+            Some(200) => passed += 1,
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+    // Binomial(200, 0.5): 60..=140 is beyond 5 standard deviations.
+    assert!((60..=140).contains(&errors), "{errors} of 200 at 50%");
+    assert_eq!(errors + passed, 200);
+    let seen = fault.observe().await;
+    assert_eq!(figures(&seen, "errors"), errors, "{seen:?}");
+    faultline_faults::revert_and_verify(fault.as_mut())
+        .await
+        .expect("revert");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_delay_holds_matching_requests_back() {
+    let mut case = Gateway::new(
+        "http.delay",
+        json!({ "delay": "300ms", "jitter": "50ms", "path": "/slow" }),
+        ("GET", "/slow/q"),
+        // Floors only: a loaded machine makes requests slower, never faster.
+        |r| r.status == 200 && r.took >= Duration::from_millis(250),
+    );
+    let id = format!("http-delay-{}", case.listen.port());
+    assert_fault_compliance(&id, &mut case).await;
+
+    let mut fault =
+        faultline_faults::build(&id, &case.spec(), Duration::from_secs(30)).expect("build");
+    fault.inject().await.expect("inject");
+    for _ in 0..3 {
+        let r = case.send("GET", "/slow/q").await.expect("a reply");
+        assert_eq!((r.status, r.body.as_str()), (200, "ok GET /slow/q"));
+        assert!(r.took >= Duration::from_millis(250), "{:?}", r.took);
+    }
+    let r = case.send("GET", "/fast").await.expect("a reply");
+    assert_eq!((r.status, r.body.as_str()), (200, "ok GET /fast"));
+    // Which requests were held is counted by the proxy, not guessed from timing.
+    let seen = fault.observe().await;
+    assert_eq!(
+        (figures(&seen, "requests"), figures(&seen, "delayed")),
+        (4, 3),
+        "{seen:?}"
+    );
+    faultline_faults::revert_and_verify(fault.as_mut())
+        .await
+        .expect("revert");
+    assert!(
+        case.send("GET", "/slow/q").await.is_none(),
+        "listener left behind"
+    );
+}
+
+/// An HTTP service on every address of this side (port `port`), reached with curl
+/// from inside the namespace at the host end of the veth; the fault captures
+/// `port`.
+struct TransparentHttp {
+    ns: faultline_testkit::NetNs,
+    port: u16,
+    kind: &'static str,
+    params: serde_json::Value,
+    affected: fn(&Reply) -> bool,
+}
+
+impl TransparentHttp {
+    async fn new(
+        kind: &'static str,
+        params: impl FnOnce(u16) -> serde_json::Value,
+        affected: fn(&Reply) -> bool,
+    ) -> Self {
+        let ns = faultline_testkit::NetNs::new();
+        let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind the service");
+        let port = listener.local_addr().expect("addr").port();
+        http_service(listener);
+        let case = Self {
+            ns,
+            port,
+            kind,
+            params: params(port),
+            affected,
+        };
+        let before = case.curl("GET", "/before").await;
+        assert!(
+            before
+                .as_ref()
+                .is_some_and(|r| r.status == 200 && !affected(r)),
+            "the service is not reachable and unaffected before the fault: {before:?}"
+        );
+        case
+    }
+
+    /// One request from inside the namespace, on a new connection (so it is
+    /// redirected); None if curl got no answer.
+    async fn curl(&self, method: &str, path: &str) -> Option<Reply> {
+        let url = format!("http://{}:{}{path}", self.ns.host_ip, self.port);
+        let mut cmd = self.ns.command("curl");
+        cmd.args([
+            "-s",
+            "--noproxy",
+            "*",
+            "--max-time",
+            "5",
+            "-X",
+            method,
+            "-D",
+            "-",
+            "-w",
+            "\r\n\r\n%{time_total}",
+            &url,
+        ])
+        .stderr(std::process::Stdio::null());
+        let out = tokio::process::Command::from(cmd)
+            .output()
+            .await
+            .expect("ip netns exec curl");
+        if !out.status.success() {
+            return None;
+        }
+        // Headers, the body, then the total time curl measured.
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (rest, secs) = text.rsplit_once("\r\n\r\n")?;
+        let took = Duration::from_secs_f64(secs.trim().parse().ok()?);
+        parse_reply(rest, took)
+    }
+}
+
+impl ComplianceCase for TransparentHttp {
+    fn spec(&mut self) -> FaultSpec {
+        spec(self.kind, self.params.clone())
+    }
+    async fn effect_visible(&mut self) -> bool {
+        self.curl("POST", "/v1/complete")
+            .await
+            .is_some_and(|r| (self.affected)(&r))
+    }
+}
+
+#[tokio::test]
+async fn http_error_transparent_mode_captures_a_port() {
+    let mut case = TransparentHttp::new(
+        "http.error",
+        |port| json!({ "port": port, "status": 429, "path": "/v1", "method": "POST" }),
+        // A 429 without retry_after still tells clients when to retry.
+        |r| r.status == 429 && r.retry_after.as_deref() == Some("1"),
+    )
+    .await;
+    let id = format!("tp-http-err-{}", case.ns.name);
+    assert_fault_compliance(&id, &mut case).await;
+
+    // While captured, requests the fault does not match reach the service through
+    // the proxy (whose own upstream connection the redirect skips by mark).
+    let mut fault =
+        faultline_faults::build(&id, &case.spec(), Duration::from_secs(30)).expect("build");
+    fault.inject().await.expect("inject");
+    let r = case.curl("GET", "/v1/complete").await.expect("a reply");
+    assert_eq!((r.status, r.body.as_str()), (200, "ok GET /v1/complete"));
+    let r = case.curl("POST", "/v1/complete").await.expect("a reply");
+    assert_eq!(r.status, 429);
+    let seen = fault.observe().await;
+    assert!(seen.active, "{seen:?}");
+    assert_eq!(
+        (figures(&seen, "requests"), figures(&seen, "errors")),
+        (2, 1),
+        "{seen:?}"
+    );
+    faultline_faults::revert_and_verify(fault.as_mut())
+        .await
+        .expect("revert");
+    // Reverted: the same request reaches the service directly.
+    let r = case.curl("POST", "/v1/complete").await.expect("a reply");
+    assert_eq!((r.status, r.body.as_str()), (200, "ok POST /v1/complete"));
+}
+
+#[tokio::test]
+async fn http_delay_transparent_mode_captures_a_port() {
+    let mut case = TransparentHttp::new(
+        "http.delay",
+        |port| json!({ "port": port, "delay": "400ms" }),
+        |r| r.status == 200 && r.took >= Duration::from_millis(350),
+    )
+    .await;
+    let id = format!("tp-http-delay-{}", case.ns.name);
     assert_fault_compliance(&id, &mut case).await;
 }

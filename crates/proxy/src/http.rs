@@ -2,8 +2,11 @@
 //! server side speaks HTTP/1.1 and h2c, the client side pools keep-alive
 //! connections to the upstream) that injects `http.error` (a status such as 429
 //! with `Retry-After`, or 503, instead of forwarding) and `http.delay` (a
-//! queueing delay before forwarding), each with a probability and a
-//! path-prefix/method match.
+//! queueing delay, with jitter, before forwarding), each with a probability
+//! and a path-prefix/method match. Counters ([`HttpStats`]) say how many
+//! requests came, matched, and were answered with an error or delayed; an
+//! optional SO_MARK on upstream sockets ([`HttpProxyOptions`]) lets a
+//! transparent redirect skip the proxy's own traffic.
 //!
 //! Limits: plain HTTP only (no TLS termination); the upstream is one
 //! `host:port`; faults are evaluated per request in order, delays add up, and
@@ -12,8 +15,12 @@
 //! connections in flight.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -23,14 +30,14 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::error::ProxyError;
+use crate::link::connect_upstream;
 
 /// What an HTTP fault does to a matching request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,12 +51,19 @@ pub enum HttpFaultKind {
         /// `Retry-After` in seconds; a 429 without it gets `Retry-After: 1`.
         #[serde(default)]
         retry_after: Option<u64>,
+        /// Body answered instead of the default JSON error; served as JSON when
+        /// it starts with `{` or `[`, as plain text otherwise.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        body: Option<String>,
     },
     /// Hold the request this long before forwarding (queueing delay).
     #[serde(rename = "http.delay")]
     Delay {
         /// Milliseconds.
         delay_ms: u64,
+        /// Each delay is `delay_ms` plus or minus up to this, uniformly.
+        #[serde(default)]
+        jitter_ms: u64,
     },
 }
 
@@ -115,10 +129,81 @@ impl HttpFault {
 
 type ProxyBody = Either<Incoming, Full<Bytes>>;
 
+/// Tuning of an [`HttpProxy`].
+#[derive(Debug, Clone, Default)]
+pub struct HttpProxyOptions {
+    /// SO_MARK on upstream sockets, so an nftables redirect can exclude the
+    /// proxy's own traffic (transparent mode).
+    pub upstream_mark: Option<u32>,
+}
+
+/// What an [`HttpProxy`] did since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpStats {
+    /// Requests received.
+    pub requests: u64,
+    /// Requests that matched the path and method of at least one fault.
+    pub matched: u64,
+    /// Requests answered with an injected error status.
+    pub errors: u64,
+    /// Requests held back by an injected delay.
+    pub delayed: u64,
+    /// Requests the upstream failed (answered 502).
+    pub bad_gateway: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    requests: AtomicU64,
+    matched: AtomicU64,
+    errors: AtomicU64,
+    delayed: AtomicU64,
+    bad_gateway: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Connects to the upstream with the proxy's socket options (SO_MARK); the
+/// connector hyper-util's pooled client uses.
+#[derive(Debug, Clone)]
+struct UpstreamConnector {
+    mark: Option<u32>,
+}
+
+type ConnectFuture = Pin<Box<dyn Future<Output = std::io::Result<TokioIo<TcpStream>>> + Send>>;
+
+impl tower_service::Service<Uri> for UpstreamConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = std::io::Error;
+    type Future = ConnectFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let mark = self.mark;
+        Box::pin(async move {
+            let Some(authority) = uri.authority() else {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("upstream URI {uri} has no host:port"),
+                ));
+            };
+            let stream = connect_upstream(authority.as_str(), mark).await?;
+            stream.set_nodelay(true)?;
+            Ok(TokioIo::new(stream))
+        })
+    }
+}
+
 struct Shared {
     upstream: String,
     faults: ArcSwap<Vec<HttpFault>>,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<UpstreamConnector, Incoming>,
+    counters: Counters,
 }
 
 /// A running HTTP fault proxy. Stops when dropped or on [`HttpProxy::stop`].
@@ -144,6 +229,16 @@ impl HttpProxy {
         upstream: impl Into<String>,
         faults: Vec<HttpFault>,
     ) -> Result<Self, ProxyError> {
+        Self::start_with(listen, upstream, faults, HttpProxyOptions::default()).await
+    }
+
+    /// [`HttpProxy::start`] with options (the upstream sockets' mark).
+    pub async fn start_with(
+        listen: SocketAddr,
+        upstream: impl Into<String>,
+        faults: Vec<HttpFault>,
+        options: HttpProxyOptions,
+    ) -> Result<Self, ProxyError> {
         for f in &faults {
             f.validate()?;
         }
@@ -157,8 +252,9 @@ impl HttpProxy {
             addr: listen,
             source,
         })?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
+        let connector = UpstreamConnector {
+            mark: options.upstream_mark,
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
@@ -166,6 +262,7 @@ impl HttpProxy {
             upstream: upstream.into(),
             faults: ArcSwap::from_pointee(faults),
             client,
+            counters: Counters::default(),
         });
         let (stop, stop_rx) = watch::channel(false);
         tokio::spawn(accept_loop(listener, Arc::clone(&shared), stop_rx));
@@ -190,6 +287,18 @@ impl HttpProxy {
     /// The current faults.
     pub fn faults(&self) -> Vec<HttpFault> {
         self.shared.faults.load().as_ref().clone()
+    }
+
+    /// What the proxy did since it started.
+    pub fn stats(&self) -> HttpStats {
+        let c = &self.shared.counters;
+        HttpStats {
+            requests: c.requests.load(Ordering::Relaxed),
+            matched: c.matched.load(Ordering::Relaxed),
+            errors: c.errors.load(Ordering::Relaxed),
+            delayed: c.delayed.load(Ordering::Relaxed),
+            bad_gateway: c.bad_gateway.load(Ordering::Relaxed),
+        }
     }
 
     /// Stops listening and closes its connections.
@@ -247,33 +356,59 @@ async fn handle(
     shared: Arc<Shared>,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let counters = &shared.counters;
+    bump(&counters.requests);
     let faults = shared.faults.load_full();
     let mut delay = Duration::ZERO;
-    let mut error: Option<(u16, Option<u64>)> = None;
+    let mut error: Option<&HttpFault> = None;
     {
         let path = req.uri().path();
         let mut rng = rand::rng();
+        let mut matched = false;
         for f in faults.iter().filter(|f| f.matches(req.method(), path)) {
+            matched = true;
             if f.probability < 1.0 && rng.random::<f64>() >= f.probability {
                 continue;
             }
             match f.kind {
-                HttpFaultKind::Delay { delay_ms } => delay += Duration::from_millis(delay_ms),
-                HttpFaultKind::Error {
-                    status,
-                    retry_after,
+                HttpFaultKind::Delay {
+                    delay_ms,
+                    jitter_ms,
                 } => {
-                    error = Some((status, retry_after));
+                    let ms = if jitter_ms == 0 {
+                        delay_ms
+                    } else {
+                        let low = delay_ms.saturating_sub(jitter_ms);
+                        rng.random_range(low..=delay_ms.saturating_add(jitter_ms))
+                    };
+                    delay += Duration::from_millis(ms);
+                }
+                HttpFaultKind::Error { .. } => {
+                    error = Some(f);
                     break;
                 }
             }
         }
+        if matched {
+            bump(&counters.matched);
+        }
     }
     if !delay.is_zero() {
+        bump(&counters.delayed);
         tokio::time::sleep(delay).await;
     }
-    if let Some((status, retry_after)) = error {
-        return Ok(injected(status, retry_after));
+    if let Some(HttpFault {
+        kind:
+            HttpFaultKind::Error {
+                status,
+                retry_after,
+                body,
+            },
+        ..
+    }) = error
+    {
+        bump(&counters.errors);
+        return Ok(injected(*status, *retry_after, body.as_deref()));
     }
 
     let path_and_query = req
@@ -289,6 +424,7 @@ async fn handle(
     {
         Ok(u) => u,
         Err(e) => {
+            bump(&counters.bad_gateway);
             return Ok(bad_gateway(&format!(
                 "bad upstream {}: {e}",
                 shared.upstream
@@ -308,7 +444,10 @@ async fn handle(
             }
             Ok(Response::from_parts(parts, Either::Left(body)))
         }
-        Err(e) => Ok(bad_gateway(&format!("upstream {}: {e}", shared.upstream))),
+        Err(e) => {
+            bump(&counters.bad_gateway);
+            Ok(bad_gateway(&format!("upstream {}: {e}", shared.upstream)))
+        }
     }
 }
 
@@ -317,16 +456,28 @@ fn json_body(status: u16, error: &str) -> Full<Bytes> {
     Full::new(Bytes::from(body.to_string()))
 }
 
-fn injected(status: u16, retry_after: Option<u64>) -> Response<ProxyBody> {
-    let mut resp = Response::new(Either::Right(json_body(
-        status,
-        "injected by faultline http.error",
-    )));
+fn injected(status: u16, retry_after: Option<u64>, body: Option<&str>) -> Response<ProxyBody> {
+    let (body, content_type) = match body {
+        None => (
+            json_body(status, "injected by faultline http.error"),
+            "application/json",
+        ),
+        Some(b) => {
+            let json = b.trim_start().starts_with(['{', '[']);
+            (
+                Full::new(Bytes::copy_from_slice(b.as_bytes())),
+                if json {
+                    "application/json"
+                } else {
+                    "text/plain; charset=utf-8"
+                },
+            )
+        }
+    };
+    let mut resp = Response::new(Either::Right(body));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     let retry_after = retry_after.or((status == 429).then_some(1));
     if let Some(secs) = retry_after {
         resp.headers_mut()
@@ -360,7 +511,8 @@ mod tests {
             f.kind,
             HttpFaultKind::Error {
                 status: 429,
-                retry_after: None
+                retry_after: None,
+                body: None,
             }
         );
         assert!(f.matches(&hyper::Method::POST, "/v1/complete"));

@@ -854,8 +854,7 @@ impl Cx {
                 self.check_peers(&path.key("peers"), &f.peers);
             }
             FaultSpec::HttpError(f) => {
-                self.check_address(&path.key("listen"), &f.listen);
-                self.check_address(&path.key("upstream"), &f.upstream);
+                self.check_attachment(path, &f.listen, &f.upstream, f.port);
                 if !(400..=599).contains(&f.status) {
                     self.error(
                         &path.key("status"),
@@ -876,8 +875,7 @@ impl Cx {
                 self.check_http_match(path, f.path.as_deref(), f.method.as_deref());
             }
             FaultSpec::HttpDelay(f) => {
-                self.check_address(&path.key("listen"), &f.listen);
-                self.check_address(&path.key("upstream"), &f.upstream);
+                self.check_attachment(path, &f.listen, &f.upstream, f.port);
                 if f.delay.is_zero() {
                     self.error(
                         &path.key("delay"),

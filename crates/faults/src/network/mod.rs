@@ -3,9 +3,11 @@
 //!
 //! Each nftables fault lives in its own table `inet faultline_<id>`: inject replaces
 //! the table atomically (`nft -f -`), revert is `delete table`, and a leftover is
-//! visible by name in `nft list tables`. Connection faults (latency, drop) run a
-//! fault proxy of their own (crates/proxy) in proxy mode; transparent mode and
-//! `network.bandwidth` are not wired yet.
+//! visible by name in `nft list tables`. Connection faults (latency, drop,
+//! bandwidth) run a
+//! fault proxy of their own (crates/proxy), in proxy or transparent mode
+//! (`proxied.rs`), and so does `network.bandwidth`. The L7 gateway faults
+//! (`http.*`) live in `crate::http` and share the transparent redirect.
 
 pub mod loss;
 pub mod nft;

@@ -1,5 +1,5 @@
-//! `network.latency` and `network.drop` in proxy mode: a fault proxy of the fault's
-//! own (crates/proxy, in this process) listens on `listen`, forwards to `upstream`,
+//! `network.latency`, `network.drop` and `network.bandwidth` in proxy mode: a fault
+//! proxy of the fault's own (crates/proxy, in this process) listens on `listen`, forwards to `upstream`,
 //! and carries the toxic. Revert removes the proxy, closing its listener and its
 //! connections; a killed agent takes the listener with it, so recovery has nothing
 //! to undo but to check the listener is gone.
@@ -16,10 +16,10 @@
 
 use std::net::SocketAddr;
 
-use faultline_proxy::toxic::{Latency, LimitData, Refuse, ResetPeer, Timeout};
+use faultline_proxy::toxic::{Bandwidth, Latency, LimitData, Refuse, ResetPeer, Timeout};
 use faultline_proxy::transparent::{Redirect, RedirectSpec, revert_table, table_exists};
 use faultline_proxy::{ProxyConfig, ProxyServer, ServerOptions, Stream, Toxic, ToxicKind};
-use faultline_spec::fault::{Direction, DropAction, NetworkDrop, NetworkLatency};
+use faultline_spec::fault::{Direction, DropAction, NetworkBandwidth, NetworkDrop, NetworkLatency};
 use serde::{Deserialize, Serialize};
 
 use crate::{BoxFuture, Fault, InjectError, Observation, RevertError};
@@ -37,7 +37,7 @@ struct Recovery {
 
 /// The redirect table of a transparent fault: nft table names here are at most 32
 /// characters, so a short readable prefix of the id and a stable hash of all of it.
-fn redirect_table(id: &str) -> String {
+pub fn redirect_table(id: &str) -> String {
     let clean: String = id
         .chars()
         .filter(|c| c.is_ascii_alphanumeric())
@@ -101,6 +101,29 @@ impl ProxiedFault {
         let toxics = streams(p.direction)
             .iter()
             .map(|s| Toxic::new(toxic, *s).with_toxicity(p.probability.ratio() as f32))
+            .collect();
+        Ok(Self::new(KIND, id, listen, upstream, toxics, p.port, false))
+    }
+
+    pub fn bandwidth(id: &str, p: &NetworkBandwidth) -> Result<Self, InjectError> {
+        const KIND: &str = "network.bandwidth";
+        let (listen, upstream) = endpoints(KIND, &p.listen, &p.upstream, p.port)?;
+        // The toxic counts whole KB/s (1000 bytes), and 0 would stop the stream
+        // rather than slow it.
+        let kb = p.rate.bytes_per_second().saturating_add(500) / 1000;
+        if kb == 0 {
+            return Err(InjectError::InvalidParams {
+                kind: KIND,
+                reason: format!(
+                    "`rate` {} B/s is below the proxy's 1KB/s granularity",
+                    p.rate.bytes_per_second()
+                ),
+            });
+        }
+        let toxic = ToxicKind::Bandwidth(Bandwidth { rate: kb });
+        let toxics = streams(p.direction)
+            .iter()
+            .map(|s| Toxic::new(toxic, *s))
             .collect();
         Ok(Self::new(KIND, id, listen, upstream, toxics, p.port, false))
     }

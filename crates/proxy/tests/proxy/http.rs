@@ -99,6 +99,7 @@ async fn http_error_matches_path_method_and_sets_retry_after() {
         .set_faults(vec![HttpFault::new(HttpFaultKind::Error {
             status: 503,
             retry_after: Some(7),
+            body: None,
         })])
         .unwrap();
     let (s, retry, _) = send(&mut c, "GET", "/x").await;
@@ -150,4 +151,40 @@ async fn http_delay_keeps_keep_alive_connections() {
     }
     // Four requests, one client connection, one pooled upstream connection.
     assert_eq!(upstream_conns.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_stats_count_requests_matches_errors_and_delays() {
+    let (up, _) = upstream().await;
+    let faults: Vec<HttpFault> = serde_json::from_str(
+        r#"[{"type":"http.delay","delay_ms":20,"jitter_ms":10,"path_prefix":"/slow"},
+            {"type":"http.error","status":429,"body":"slow down","path_prefix":"/busy"}]"#,
+    )
+    .unwrap();
+    let proxy = HttpProxy::start("127.0.0.1:0".parse().unwrap(), up.to_string(), faults)
+        .await
+        .unwrap();
+    let mut c = client(proxy.local_addr()).await;
+    assert_eq!(send(&mut c, "GET", "/other").await.0, 200);
+    for _ in 0..3 {
+        let start = Instant::now();
+        assert_eq!(send(&mut c, "GET", "/slow").await.0, 200);
+        // 20 ms +- 10 ms: never under 10 ms.
+        assert!(start.elapsed() >= Duration::from_millis(10));
+    }
+    let (s, retry, body) = send(&mut c, "POST", "/busy").await;
+    assert_eq!(
+        (s, retry.as_deref(), body.as_str()),
+        (429, Some("1"), "slow down")
+    );
+    assert_eq!(
+        proxy.stats(),
+        faultline_proxy::http::HttpStats {
+            requests: 5,
+            matched: 4,
+            errors: 1,
+            delayed: 3,
+            bad_gateway: 0,
+        }
+    );
 }

@@ -1,0 +1,401 @@
+//! `http.error` and `http.delay`: gateway faults at layer 7. Each fault runs an
+//! HTTP-aware fault proxy of its own (crates/proxy's `HttpProxy`, in this
+//! process) that answers matching requests with an error status (429 with
+//! `Retry-After`, 503, ...) instead of forwarding them, or holds them back before
+//! forwarding; requests that do not match the path prefix and method, or that
+//! the probability spares, pass through unchanged on pooled keep-alive
+//! connections.
+//!
+//! Proxy mode (`listen` -> `upstream`): clients connect to `listen`. Transparent
+//! mode (`port`): the proxy listens on an ephemeral port of every address and
+//! forwards to the service on 127.0.0.1:`port`; an nftables table of the fault's
+//! own redirects TCP traffic for `port` into it, exactly as for `network.latency`
+//! (see `network::proxied`): the proxy's upstream sockets carry
+//! [`TRANSPARENT_MARK`], which the redirect skips, and the journal keeps the
+//! table's name so a restarted agent deletes a table its dead predecessor left.
+//! Connections established before the redirect keep going straight to the
+//! service until the client reconnects.
+//!
+//! Revert deletes the table first, then stops the proxy (closing its listener
+//! and connections). A killed agent takes the proxy with it, so recovery has the
+//! table to delete and the listener to find gone.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use faultline_proxy::http::{HttpFault, HttpFaultKind, HttpProxy, HttpProxyOptions};
+use faultline_proxy::transparent::{Redirect, RedirectSpec, revert_table, table_exists};
+use faultline_spec::fault::{HttpDelay, HttpError};
+use serde::{Deserialize, Serialize};
+
+use crate::network::proxied::{TRANSPARENT_MARK, redirect_table};
+use crate::{BoxFuture, Fault, InjectError, Observation, RevertError};
+
+/// What the journal keeps: where the proxy listened and the redirect's table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Recovery {
+    listen: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    table: Option<String>,
+}
+
+/// One `http.error` or `http.delay` fault on this host.
+#[derive(Debug)]
+pub struct HttpGatewayFault {
+    kind: &'static str,
+    listen: String,
+    upstream: String,
+    /// What the proxy injects; empty for a fault restored from the journal.
+    faults: Vec<HttpFault>,
+    proxy: Option<HttpProxy>,
+    /// Transparent mode: the captured port and the redirect's table.
+    port: Option<u16>,
+    table: Option<String>,
+    redirect: Option<Redirect>,
+}
+
+fn endpoints(
+    kind: &'static str,
+    listen: &Option<String>,
+    upstream: &Option<String>,
+    port: Option<u16>,
+) -> Result<(String, String), InjectError> {
+    match (listen, upstream, port) {
+        (Some(l), Some(u), None) => Ok((l.clone(), u.clone())),
+        // Every address, so redirected traffic from any interface lands on it.
+        (None, None, Some(p)) if p > 0 => Ok(("0.0.0.0:0".to_owned(), format!("127.0.0.1:{p}"))),
+        _ => Err(InjectError::InvalidParams {
+            kind,
+            reason: "give `listen` and `upstream` (proxy mode) or `port` (transparent mode)".into(),
+        }),
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl HttpGatewayFault {
+    pub fn error(id: &str, p: &HttpError) -> Result<Self, InjectError> {
+        const KIND: &str = "http.error";
+        let (listen, upstream) = endpoints(KIND, &p.listen, &p.upstream, p.port)?;
+        if !(400..=599).contains(&p.status) {
+            return Err(InjectError::InvalidParams {
+                kind: KIND,
+                reason: format!(
+                    "`status` must be an error status (400-599), not {}",
+                    p.status
+                ),
+            });
+        }
+        // Retry-After is whole seconds: round a fraction up, never to 0.
+        let retry_after = p.retry_after.map(|d| {
+            let d = d.get();
+            (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+        });
+        let fault = HttpFault {
+            kind: HttpFaultKind::Error {
+                status: p.status,
+                retry_after,
+                body: p.body.clone(),
+            },
+            probability: p.probability.ratio(),
+            path_prefix: p.path.clone(),
+            method: p.method.clone(),
+        };
+        Ok(Self::new(KIND, id, listen, upstream, fault, p.port))
+    }
+
+    pub fn delay(id: &str, p: &HttpDelay) -> Result<Self, InjectError> {
+        const KIND: &str = "http.delay";
+        let (listen, upstream) = endpoints(KIND, &p.listen, &p.upstream, p.port)?;
+        if p.delay.is_zero() {
+            return Err(InjectError::InvalidParams {
+                kind: KIND,
+                reason: "`delay` must be positive".into(),
+            });
+        }
+        let fault = HttpFault {
+            kind: HttpFaultKind::Delay {
+                delay_ms: millis(p.delay.get()),
+                jitter_ms: millis(p.jitter.get()),
+            },
+            probability: p.probability.ratio(),
+            path_prefix: p.path.clone(),
+            method: p.method.clone(),
+        };
+        Ok(Self::new(KIND, id, listen, upstream, fault, p.port))
+    }
+
+    fn new(
+        kind: &'static str,
+        id: &str,
+        listen: String,
+        upstream: String,
+        fault: HttpFault,
+        port: Option<u16>,
+    ) -> Self {
+        Self {
+            kind,
+            listen,
+            upstream,
+            faults: vec![fault],
+            proxy: None,
+            port,
+            table: port.map(|_| redirect_table(id)),
+            redirect: None,
+        }
+    }
+
+    /// A fault rebuilt from the journal, for revert only: its proxy died with the
+    /// agent that ran it.
+    pub fn restore(kind: &'static str, recovery: &serde_json::Value) -> Result<Self, InjectError> {
+        let r: Recovery =
+            serde_json::from_value(recovery.clone()).map_err(|e| InjectError::BadRecovery {
+                kind,
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            kind,
+            listen: r.listen,
+            upstream: String::new(),
+            faults: Vec::new(),
+            proxy: None,
+            port: None,
+            table: r.table,
+            redirect: None,
+        })
+    }
+
+    /// Where the proxy listens: the bound address once injected.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.proxy
+            .as_ref()
+            .map(HttpProxy::local_addr)
+            .or_else(|| self.listen.parse().ok())
+    }
+
+    /// Whether something accepts connections on the proxy's address, seen from
+    /// outside: a refused or unanswered connect says no.
+    async fn listener_up(&self) -> bool {
+        let Some(addr) = self.listen_addr() else {
+            return false;
+        };
+        if addr.port() == 0 {
+            return false;
+        }
+        // A proxy on every address is reached on loopback.
+        let addr = if addr.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        } else {
+            addr
+        };
+        matches!(
+            tokio::time::timeout(
+                Duration::from_millis(200),
+                tokio::net::TcpStream::connect(addr)
+            )
+            .await,
+            Ok(Ok(_))
+        )
+    }
+
+    async fn resolve_listen(&self) -> Result<SocketAddr, InjectError> {
+        let failed = |reason: String| InjectError::Failed {
+            kind: self.kind,
+            action: format!("resolve `listen` {}", self.listen),
+            reason,
+        };
+        if let Ok(a) = self.listen.parse() {
+            return Ok(a);
+        }
+        tokio::net::lookup_host(self.listen.as_str())
+            .await
+            .map_err(|e| failed(e.to_string()))?
+            .next()
+            .ok_or_else(|| failed("resolved to no address".into()))
+    }
+
+    fn stop_proxy(&mut self) {
+        if let Some(proxy) = self.proxy.take() {
+            proxy.stop();
+        }
+    }
+}
+
+impl Fault for HttpGatewayFault {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    fn recovery(&self) -> serde_json::Value {
+        serde_json::to_value(Recovery {
+            listen: self.listen.clone(),
+            table: self.table.clone(),
+        })
+        .unwrap_or_else(|_| serde_json::json!({ "listen": self.listen }))
+    }
+
+    fn inject(&mut self) -> BoxFuture<'_, Result<(), InjectError>> {
+        Box::pin(async move {
+            if self.proxy.is_some() {
+                return Ok(());
+            }
+            if self.faults.is_empty() {
+                return Err(InjectError::BadRecovery {
+                    kind: self.kind,
+                    reason: "a fault restored from the journal can only be reverted".into(),
+                });
+            }
+            let listen = self.resolve_listen().await?;
+            let options = HttpProxyOptions {
+                upstream_mark: self.port.map(|_| TRANSPARENT_MARK),
+            };
+            // Bound before it returns: connections queue on the listener at once.
+            let proxy =
+                HttpProxy::start_with(listen, self.upstream.clone(), self.faults.clone(), options)
+                    .await
+                    .map_err(|e| InjectError::Failed {
+                        kind: self.kind,
+                        action: format!(
+                            "start the HTTP proxy ({} -> {})",
+                            self.listen, self.upstream
+                        ),
+                        reason: e.to_string(),
+                    })?;
+            let bound = proxy.local_addr();
+            self.proxy = Some(proxy);
+            if let (Some(port), Some(table)) = (self.port, self.table.clone()) {
+                let mut spec = RedirectSpec::new(table, port, bound.port());
+                spec.exclude_mark = Some(TRANSPARENT_MARK);
+                match Redirect::install(&spec) {
+                    Ok(r) => self.redirect = Some(r),
+                    Err(e) => {
+                        self.stop_proxy();
+                        return Err(InjectError::Failed {
+                            kind: self.kind,
+                            action: format!("redirect port {port} into the HTTP proxy"),
+                            reason: e.to_string(),
+                        });
+                    }
+                }
+            }
+            tracing::info!(kind = self.kind, listen = %bound, upstream = %self.upstream, port = ?self.port, "HTTP fault proxy in place");
+            Ok(())
+        })
+    }
+
+    fn revert(&mut self) -> BoxFuture<'_, Result<(), RevertError>> {
+        Box::pin(async move {
+            // The redirect first: traffic must not be sent to a proxy that is gone.
+            let redirect = match (self.redirect.as_mut(), &self.table) {
+                (Some(r), _) => r.revert(),
+                (None, Some(table)) => revert_table(None, table),
+                (None, None) => Ok(()),
+            };
+            if let Err(e) = redirect {
+                return Err(RevertError::Failed {
+                    kind: self.kind,
+                    reason: e.to_string(),
+                    left: format!(
+                        "nft table inet {}",
+                        self.table.as_deref().unwrap_or_default()
+                    ),
+                });
+            }
+            self.redirect = None;
+            if let Some(proxy) = &self.proxy {
+                tracing::info!(kind = self.kind, stats = ?proxy.stats(), "HTTP fault proxy stopping");
+            }
+            self.stop_proxy();
+            Ok(())
+        })
+    }
+
+    fn verify_reverted(&self) -> BoxFuture<'_, Result<(), RevertError>> {
+        Box::pin(async move {
+            if let Some(table) = &self.table {
+                match table_exists(None, table) {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        return Err(RevertError::NotReverted {
+                            kind: self.kind,
+                            left: format!("nft table inet {table}"),
+                        });
+                    }
+                    Err(e) => {
+                        return Err(RevertError::Failed {
+                            kind: self.kind,
+                            reason: e.to_string(),
+                            left: format!("nft table inet {table}"),
+                        });
+                    }
+                }
+            }
+            // The proxy's accept loop ends on its next poll after stop.
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+            while self.listener_up().await {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(RevertError::NotReverted {
+                        kind: self.kind,
+                        left: format!("something still listens on {}", self.listen),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(())
+        })
+    }
+
+    fn observe(&self) -> BoxFuture<'_, Observation> {
+        Box::pin(async move {
+            let Some(proxy) = &self.proxy else {
+                return Observation {
+                    active: false,
+                    detail: format!(
+                        "HTTP proxy {} -> {}: not running",
+                        self.listen, self.upstream
+                    ),
+                    figures: serde_json::Value::Null,
+                };
+            };
+            let up = self.listener_up().await;
+            let redirected = match &self.table {
+                None => true,
+                Some(t) => table_exists(None, t).unwrap_or(false),
+            };
+            let s = proxy.stats();
+            let figures = serde_json::json!({
+                "requests": s.requests,
+                "matched": s.matched,
+                "errors": s.errors,
+                "delayed": s.delayed,
+                "bad_gateway": s.bad_gateway,
+            });
+            let what = match self.port {
+                Some(p) => format!(
+                    "port {p} {} into HTTP proxy {}",
+                    if redirected {
+                        "redirected"
+                    } else {
+                        "NOT redirected"
+                    },
+                    proxy.local_addr()
+                ),
+                None => format!("HTTP proxy {} -> {}", proxy.local_addr(), self.upstream),
+            };
+            Observation {
+                active: up && redirected,
+                detail: format!(
+                    "{what}: {}; {} requests, {} matched, {} answered with an error, {} delayed",
+                    if up { "listening" } else { "not listening" },
+                    s.requests,
+                    s.matched,
+                    s.errors,
+                    s.delayed
+                ),
+                figures,
+            }
+        })
+    }
+}
