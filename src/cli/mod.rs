@@ -5,6 +5,7 @@
 mod agent;
 mod plan;
 mod proxy;
+mod run;
 mod validate;
 
 use std::io::Write as _;
@@ -13,13 +14,18 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
-/// Exit codes, stable for CI gates. `run` adds 1 (hypothesis failed), 3 (aborted,
-/// reverted) and 4 (revert unconfirmed); see DESIGN.md.
+/// Exit codes, stable for CI gates (DESIGN.md); `run` and `demo` use them all.
 pub mod exit {
     /// Every hypothesis held / the input is valid.
     pub const OK: u8 = 0;
+    /// A hypothesis failed: the gate fails. Every fault was reverted.
+    pub const FAILED: u8 = 1;
     /// Invalid input; nothing was injected.
     pub const INVALID: u8 = 2;
+    /// Aborted (safety stop, signal, agent lost) with every fault reverted.
+    pub const ABORTED: u8 = 3;
+    /// A revert could not be confirmed; what may be left is named on stderr.
+    pub const REVERT_UNCONFIRMED: u8 = 4;
 }
 
 /// Chaos engineering for services that sell an SLA: run YAML experiments through
@@ -65,6 +71,10 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Run an experiment: baseline, faults through the agents, recovery, verify.
+    /// Exit 0 every hypothesis held, 1 one failed, 2 invalid input, 3 aborted with
+    /// every fault reverted, 4 a revert could not be confirmed.
+    Run(run::RunArgs),
     /// Run the per-host agent: faults injected under leases, journaled before
     /// injecting, reverted when a lease lapses and at start.
     Agent(agent::AgentArgs),
@@ -94,6 +104,7 @@ pub fn main() -> ExitCode {
             seed,
             output,
         } => plan::run(&file, inventory.as_deref(), seed, output),
+        Command::Run(args) => run::run(args),
         Command::Agent(args) => agent::run(args),
         Command::Proxy(args) => proxy::run(args),
         Command::Schema => print_json(&faultline_spec::schema::experiment_schema()),

@@ -15,7 +15,13 @@ fn bin() -> Command {
 }
 
 /// One HTTP/1.1 request over a plain socket; (status, body).
-fn http(addr: SocketAddr, method: &str, path: &str, token: &str, body: &str) -> (u16, String) {
+pub(crate) fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: &str,
+) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
@@ -102,7 +108,7 @@ fn agent_serves_with_a_token_and_reverts_on_sigterm() {
 
 /// Starts `faultline agent` on 127.0.0.1 port 0 with the token `e2e-token` and its
 /// state under `dir`; returns the process and the address it says it listens on.
-fn start_agent(dir: &std::path::Path) -> (std::process::Child, SocketAddr) {
+pub(crate) fn start_agent(dir: &std::path::Path) -> (std::process::Child, SocketAddr) {
     let token_file = dir.join("token");
     std::fs::write(&token_file, "e2e-token\n").expect("token file");
     let mut agent = bin()

@@ -3,6 +3,7 @@
 
 mod agent;
 mod cli;
+mod run;
 mod tidy;
 
 use std::path::{Path, PathBuf};

@@ -197,7 +197,10 @@ impl AgentClient for HttpClient {
     ) -> BoxFuture<'a, Result<Option<FaultStatus>, ClientError>> {
         Box::pin(async move {
             let id = checked_id(&self.name, id)?;
-            match self.call(Method::GET, &format!("/v1/faults/{id}"), None).await {
+            match self
+                .call(Method::GET, &format!("/v1/faults/{id}"), None)
+                .await
+            {
                 Ok(s) => Ok(Some(s)),
                 Err(e) if e.status() == Some(404) => Ok(None),
                 Err(e) => Err(e),

@@ -92,10 +92,8 @@ pub trait AgentClient: Send + Sync + std::fmt::Debug {
     fn list(&self) -> BoxFuture<'_, Result<Vec<FaultView>, ClientError>>;
     /// One active fault and what it looks like from outside now; `None` when the
     /// agent has no such fault.
-    fn status<'a>(
-        &'a self,
-        id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<FaultStatus>, ClientError>>;
+    fn status<'a>(&'a self, id: &'a str)
+    -> BoxFuture<'a, Result<Option<FaultStatus>, ClientError>>;
     /// Reverts everything on the agent.
     fn halt(&self) -> BoxFuture<'_, Result<HaltReport, ClientError>>;
 }

@@ -18,7 +18,12 @@ pub fn describe(h: &Hypothesis) -> String {
     if let Some(t) = &h.availability {
         parts.push(format!("availability {t}"));
     }
-    for (name, t) in [("p50", &h.p50), ("p90", &h.p90), ("p99", &h.p99), ("p999", &h.p999)] {
+    for (name, t) in [
+        ("p50", &h.p50),
+        ("p90", &h.p90),
+        ("p99", &h.p99),
+        ("p999", &h.p999),
+    ] {
         if let Some(t) = t {
             parts.push(format!("{name} {t}"));
         }
@@ -177,17 +182,18 @@ impl Monitor {
         }
         self.abort_checked = Some(at);
         for (i, h) in exp.safety.abort_when.iter().enumerate() {
-            let Some(p) = probes.get(&h.probe) else { continue };
-            let fired = p
-                .recorder()
-                .with(|s| slo::persists(h, s, at, true).then(|| record(self.phase, CheckKind::AbortWhen, i, h, s, at)));
+            let Some(p) = probes.get(&h.probe) else {
+                continue;
+            };
+            let fired = p.recorder().with(|s| {
+                slo::persists(h, s, at, true)
+                    .then(|| record(self.phase, CheckKind::AbortWhen, i, h, s, at))
+            });
             if let Some(mut v) = fired {
                 v.holds = false;
                 v.reason = Some(format!(
                     "condition met{}",
-                    h.sustained
-                        .map(|f| format!(" for {f}"))
-                        .unwrap_or_default()
+                    h.sustained.map(|f| format!(" for {f}")).unwrap_or_default()
                 ));
                 return Some(v);
             }
@@ -220,7 +226,9 @@ impl Monitor {
             if self.during_violated[i] {
                 continue;
             }
-            let Some(p) = probes.get(&h.probe) else { continue };
+            let Some(p) = probes.get(&h.probe) else {
+                continue;
+            };
             let violated = p.recorder().with(|s| {
                 slo::persists(h, s, at, false)
                     .then(|| record(Phase::Faults, CheckKind::During, i, h, s, at))

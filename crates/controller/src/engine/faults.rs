@@ -200,10 +200,7 @@ impl Slots {
         } else {
             RunStatus::Aborted
         };
-        Err((
-            status,
-            format!("{}; nothing injected", problems.join("; ")),
-        ))
+        Err((status, format!("{}; nothing injected", problems.join("; "))))
     }
 
     /// Injects what is due, reverts what has ended and renews leases.
@@ -306,7 +303,9 @@ impl Slots {
                 let s = &mut self.slots[i];
                 s.last_renew = now;
                 let (c, id) = (Arc::clone(&s.client), s.rec.id.clone());
-                set.spawn(async move { (i, tokio::time::timeout(limit, c.renew(&id, None)).await) });
+                set.spawn(
+                    async move { (i, tokio::time::timeout(limit, c.renew(&id, None)).await) },
+                );
             }
             while let Some(joined) = set.join_next().await {
                 let Ok((i, r)) = joined else { continue };
@@ -322,7 +321,10 @@ impl Slots {
                         // The agent no longer has it (it restarted, or the lease
                         // lapsed): the timeline is broken.
                         self.fatal.get_or_insert_with(|| {
-                            format!("fault {} on {} could not be renewed: {e}", s.rec.id, s.rec.agent)
+                            format!(
+                                "fault {} on {} could not be renewed: {e}",
+                                s.rec.id, s.rec.agent
+                            )
                         });
                     }
                     Ok(Err(e)) => {
@@ -376,7 +378,10 @@ impl Slots {
             s.next_observe = now + every;
             let (c, id) = (Arc::clone(&s.client), s.rec.id.clone());
             set.spawn(async move {
-                (i, tokio::time::timeout(Duration::from_secs(1), c.status(&id)).await)
+                (
+                    i,
+                    tokio::time::timeout(Duration::from_secs(1), c.status(&id)).await,
+                )
             });
         }
         let mut events = Vec::new();

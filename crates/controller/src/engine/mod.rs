@@ -534,7 +534,10 @@ impl<'a> Run<'a> {
             .map(failure_line)
             .collect();
         if !during_failed.is_empty() {
-            failed.splice(0..0, during_failed.into_iter().map(|l| format!("during: {l}")));
+            failed.splice(
+                0..0,
+                during_failed.into_iter().map(|l| format!("during: {l}")),
+            );
         }
         if failed.is_empty() {
             (RunStatus::Passed, None)
@@ -588,7 +591,10 @@ impl<'a> Run<'a> {
                     .collect::<Vec<_>>()
                     .join("; ");
                 tracing::error!(run = %self.opts.run_id, left = %names, "revert unconfirmed");
-                let before = reason.take().map(|r| format!(" after: {r}")).unwrap_or_default();
+                let before = reason
+                    .take()
+                    .map(|r| format!(" after: {r}"))
+                    .unwrap_or_default();
                 reason = Some(format!("revert unconfirmed, may be left: {names}{before}"));
                 status = RunStatus::RevertUnconfirmed;
                 self.journal.left_behind = left;

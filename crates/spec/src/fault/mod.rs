@@ -102,7 +102,8 @@ impl FaultSpec {
     /// as written, `${env:...}` references unresolved, so the agent resolves them in
     /// its own environment and nothing secret is copied into a request log.
     pub fn params(&self) -> Result<serde_json::Value, serde_json::Error> {
-        let whole = serde_yaml::with::singleton_map::serialize(self, serde_json::value::Serializer)?;
+        let whole =
+            serde_yaml::with::singleton_map::serialize(self, serde_json::value::Serializer)?;
         let mut params = match whole {
             serde_json::Value::Object(mut m) => m.remove(self.kind()).unwrap_or_default(),
             other => other,
@@ -142,12 +143,11 @@ mod tests {
 
     #[test]
     fn params_round_trip_with_secrets_as_written() {
-        let spec: FaultSpec = serde_yaml::with::singleton_map::deserialize(
-            serde_yaml::Deserializer::from_str(
+        let spec: FaultSpec =
+            serde_yaml::with::singleton_map::deserialize(serde_yaml::Deserializer::from_str(
                 "db.lock: { url: 'postgres://app:hunter2@127.0.0.1/app', table: jobs, hold: 2s }",
-            ),
-        )
-        .expect("fault");
+            ))
+            .expect("fault");
         let params = spec.params().expect("params");
         assert_eq!(params["url"], "postgres://app:hunter2@127.0.0.1/app");
         assert_eq!(params["table"], "jobs");

@@ -1,0 +1,358 @@
+//! `faultline run FILE [--inventory F] [--journal F] [--junit F] [--report DIR] [--seed N]`
+//!
+//! Progress goes to stderr (a live line on a terminal, one line per event
+//! otherwise), results to stdout; the exit code is the run's status (DESIGN.md).
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use faultline_controller::client::{AgentClient, HttpClient, LocalClient};
+use faultline_controller::engine::{self, Abort, Agents, RunOptions};
+use faultline_controller::journal::{Event, Journal, Phase, RunStatus};
+use faultline_spec::{Experiment, Inventory, LOCAL_AGENT};
+use tokio::sync::mpsc;
+
+use super::{Output, exit};
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// Agents and their labels (YAML); without it only `agents: [local]` resolves.
+    #[arg(long, value_name = "F")]
+    inventory: Option<PathBuf>,
+    #[command(flatten)]
+    out: OutputArgs,
+    /// Seed for `count(n)` and `percent(p)` selection; the same seed picks the
+    /// same agents. Random when not given (the journal records it).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+/// Where a run's results go; shared by `run` and `demo`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OutputArgs {
+    /// Write the run journal (JSON: phases, verdicts, faults, probe timelines).
+    #[arg(long, value_name = "F")]
+    pub journal: Option<PathBuf>,
+    /// Write a JUnit XML report: one test case per hypothesis per phase.
+    #[arg(long, value_name = "F")]
+    pub junit: Option<PathBuf>,
+    /// Write a self-contained HTML report with the latency and availability
+    /// timeline into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// State directory of the in-process agent (`agents: [local]`): its journal
+    /// lets the next run revert what a killed one left.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// No live progress line on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<u8> {
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let (exp, (inventory, _plan)) =
+        match super::plan::load_and_plan(&args.file, args.inventory.as_deref(), seed) {
+            Ok(loaded) => loaded,
+            Err(code) => return Ok(code),
+        };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(execute(&exp, inventory, seed, &args.out))
+}
+
+/// Connects the agents, runs the experiment with signal handling and progress,
+/// writes every requested output and returns the exit code.
+pub async fn execute(
+    exp: &Experiment,
+    inventory: Inventory,
+    seed: u64,
+    out: &OutputArgs,
+) -> anyhow::Result<u8> {
+    let agents = match connect(exp, &inventory, seed, out.state_dir.as_deref()).await {
+        Ok(a) => a,
+        Err((code, e)) => {
+            eprintln!("error: {e:#}");
+            return Ok(code);
+        }
+    };
+    let mut opts = RunOptions::new(engine::new_run_id(), seed);
+    opts.inventory = inventory;
+    let abort = opts.abort.clone();
+    let signals = tokio::spawn(on_signal(abort));
+    let (tx, rx) = mpsc::unbounded_channel();
+    opts.events = Some(tx);
+    let live = std::io::stderr().is_terminal() && !out.quiet;
+    let progress = tokio::spawn(show_progress(rx, exp.name.clone(), live, out.quiet));
+    let journal = engine::run(exp, &agents, opts).await;
+    signals.abort();
+    let _ = progress.await;
+    halt_local(&agents).await;
+    write_outputs(&journal, out)
+}
+
+/// One client per agent the plan uses; the in-process agent when `local` is.
+async fn connect(
+    exp: &Experiment,
+    inventory: &Inventory,
+    seed: u64,
+    state_dir: Option<&Path>,
+) -> Result<Agents, (u8, anyhow::Error)> {
+    let selections = faultline_controller::resolve(exp, inventory, seed).map_err(|e| {
+        let msg = e
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("; ");
+        (exit::INVALID, anyhow::anyhow!(msg))
+    })?;
+    let mut agents = Agents::new();
+    for name in selections.values().flat_map(|s| s.agents.iter()) {
+        if agents.contains_key(name) {
+            continue;
+        }
+        let client: Arc<dyn AgentClient> = if name == LOCAL_AGENT {
+            let dir = state_dir
+                .map(Path::to_path_buf)
+                .unwrap_or_else(default_state_dir);
+            let (client, recovered) = LocalClient::start(&dir, BTreeMap::new())
+                .await
+                .map_err(|e| (exit::ABORTED, anyhow::Error::from(e)))?;
+            for id in &recovered.reverted {
+                eprintln!("faultline: reverted {id}, left by a previous run");
+            }
+            Arc::new(client)
+        } else {
+            let entry = &inventory.agents[name];
+            let token = match &entry.token_file {
+                Some(f) => Some(
+                    std::fs::read_to_string(f)
+                        .with_context(|| format!("agent {name}: cannot read token file {f}"))
+                        .map_err(|e| (exit::INVALID, e))?
+                        .trim()
+                        .to_owned(),
+                ),
+                None => None,
+            };
+            Arc::new(
+                HttpClient::new(name, &entry.url, token, None, Duration::from_secs(5))
+                    .map_err(|e| (exit::INVALID, anyhow::Error::from(e)))?,
+            )
+        };
+        agents.insert(name.clone(), client);
+    }
+    Ok(agents)
+}
+
+/// Where the in-process agent keeps its journal when `--state-dir` is not given.
+fn default_state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(d).join("faultline/local-agent");
+    }
+    if nix::unistd::Uid::effective().is_root() {
+        return PathBuf::from("/var/lib/faultline/local-agent");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/state/faultline/local-agent"),
+        None => std::env::temp_dir().join("faultline-local-agent"),
+    }
+}
+
+/// The engine reverted everything it injected; halting the in-process agent
+/// also clears anything a previous, killed run left that its lease still holds.
+async fn halt_local(agents: &Agents) {
+    if let Some(local) = agents.get(LOCAL_AGENT)
+        && let Ok(report) = local.halt().await
+    {
+        for f in &report.failed {
+            eprintln!("faultline: could NOT revert {}: {}", f.id, f.reason);
+        }
+    }
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM: revert everything and exit 3.
+async fn on_signal(abort: Abort) {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        return;
+    };
+    let which = tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    };
+    abort.trigger(format!("interrupted by {which}"));
+}
+
+async fn show_progress(
+    mut rx: mpsc::UnboundedReceiver<Event>,
+    name: String,
+    live: bool,
+    quiet: bool,
+) {
+    let bar = if live {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {prefix} [{elapsed_precise}] {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar.set_prefix(name);
+        bar.enable_steady_tick(Duration::from_millis(200));
+        Some(bar)
+    } else {
+        None
+    };
+    let mut phase = Phase::Preflight;
+    let mut active = 0usize;
+    let mut figures: BTreeMap<String, String> = BTreeMap::new();
+    let line = |msg: String| {
+        if quiet {
+            return;
+        }
+        match &bar {
+            Some(b) => b.println(msg),
+            None => eprintln!("{msg}"),
+        }
+    };
+    while let Some(e) = rx.recv().await {
+        match &e {
+            Event::Phase { phase: p, at_s } => {
+                phase = *p;
+                line(format!("[{at_s:7.1}s] phase {}", p.as_str()));
+            }
+            Event::Window { probe, point } => {
+                let avail = point
+                    .availability
+                    .map(|a| format!("{a:.1}%"))
+                    .unwrap_or_else(|| "-".into());
+                let p99 = point
+                    .p99_ms
+                    .map(|p| format!("{p:.0}ms"))
+                    .unwrap_or_else(|| "-".into());
+                figures.insert(probe.clone(), format!("{probe} {avail} p99 {p99}"));
+            }
+            Event::Injected {
+                step, agent, at_s, ..
+            } => {
+                active += 1;
+                line(format!("[{at_s:7.1}s] injected {step} on {agent}"));
+            }
+            Event::InjectFailed {
+                fault,
+                reason,
+                at_s,
+                ..
+            } => line(format!("[{at_s:7.1}s] could not inject {fault}: {reason}")),
+            Event::Reverted {
+                fault,
+                at_s,
+                confirmed,
+                error,
+                ..
+            } => {
+                active = active.saturating_sub(1);
+                match error {
+                    None if *confirmed => line(format!("[{at_s:7.1}s] reverted {fault}")),
+                    _ => line(format!(
+                        "[{at_s:7.1}s] revert of {fault} NOT confirmed: {}",
+                        error.as_deref().unwrap_or("unknown")
+                    )),
+                }
+            }
+            Event::Verdict(v) if !v.holds => line(format!(
+                "[{:7.1}s] FAILED {}",
+                v.at_s,
+                engine::failure_line(v)
+            )),
+            Event::Aborting { reason, at_s } => {
+                line(format!("[{at_s:7.1}s] aborting: {reason}"));
+            }
+            _ => {}
+        }
+        if let Some(b) = &bar {
+            let now: Vec<&str> = figures.values().map(String::as_str).collect();
+            b.set_message(format!(
+                "{} | {} | faults active: {active}",
+                phase.as_str(),
+                now.join(" | ")
+            ));
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+}
+
+fn write_outputs(journal: &Journal, out: &OutputArgs) -> anyhow::Result<u8> {
+    if let Some(path) = &out.journal {
+        let text = serde_json::to_string_pretty(journal)?;
+        std::fs::write(path, text + "\n")
+            .with_context(|| format!("writing the journal to {}", path.display()))?;
+    }
+    if let Some(path) = &out.junit {
+        let xml = faultline_controller::report::junit(journal)?;
+        std::fs::write(path, xml)
+            .with_context(|| format!("writing JUnit XML to {}", path.display()))?;
+    }
+    let report = match &out.report {
+        Some(dir) => Some(faultline_controller::report::html(journal, dir)?),
+        None => None,
+    };
+    match out.output {
+        Output::Json => {
+            super::print_json(journal)?;
+        }
+        Output::Text => {
+            let mut stdout = std::io::stdout().lock();
+            write!(stdout, "{}", faultline_controller::report::table(journal))?;
+            if let Some(index) = &report {
+                writeln!(stdout, "report: {}", index.display())?;
+            }
+        }
+    }
+    if journal.status == RunStatus::RevertUnconfirmed {
+        eprintln!(
+            "error: {}",
+            journal.reason.as_deref().unwrap_or("revert unconfirmed")
+        );
+    }
+    Ok(exit_code(journal.status))
+}
+
+/// The exit code of a run's status: the constants CI gates rely on.
+fn exit_code(status: RunStatus) -> u8 {
+    match status {
+        RunStatus::Passed => exit::OK,
+        RunStatus::Failed => exit::FAILED,
+        RunStatus::Invalid => exit::INVALID,
+        RunStatus::Aborted => exit::ABORTED,
+        RunStatus::RevertUnconfirmed => exit::REVERT_UNCONFIRMED,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_match_the_journal() {
+        for s in [
+            RunStatus::Passed,
+            RunStatus::Failed,
+            RunStatus::Invalid,
+            RunStatus::Aborted,
+            RunStatus::RevertUnconfirmed,
+        ] {
+            assert_eq!(i32::from(exit_code(s)), s.exit_code(), "{s:?}");
+        }
+    }
+}
