@@ -16,12 +16,12 @@
 //!   start falls inside one is skipped, and the skip is recorded with the window.
 //! - **missed runs** after downtime. A slot is *late* once it is more than
 //!   [`LATE_AFTER`] in the past (Kubernetes' `startingDeadlineSeconds`, fixed at 60 s).
-//!   When the scheduler finds the latest due slot late (the controller was down, or
-//!   the schedule was disabled), `skip` records the missed fires and waits for the next
-//!   future one; `run_once` starts one catch-up run now if at least one missed slot was
+//!   When the scheduler finds the latest due slot late (the controller was down),
+//!   `skip` records the missed fires and waits for the next future one; `run_once` starts one catch-up run now if at least one missed slot was
 //!   outside a blackout, however many were missed. Slots older than the latest are
 //!   never run one by one. A slot found on time fires normally; slots it supersedes
-//!   are counted in [`Due::missed`].
+//!   are counted in [`Due::missed`]. Creating, changing or re-enabling a schedule
+//!   never catches up on slots before the change (see `store::Schedule::anchor`).
 //!
 //! The decision functions are pure ([`CompiledSchedule::next_fire`],
 //! [`CompiledSchedule::decide`]): they take the clock as an argument and are tested
