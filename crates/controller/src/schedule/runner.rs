@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::JoinHandle;
 
 use super::{CompiledSchedule, Decision, Due};
@@ -86,10 +86,22 @@ where
     Arc::new(move |fire| Box::pin(f(fire)))
 }
 
+/// A slot the scheduler handled and recorded, as [`SchedulerHandle::subscribe`]
+/// announces it (after the store has it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FireRecorded {
+    pub schedule_id: String,
+    pub record: FireRecord,
+}
+
+/// How many announcements a slow subscriber may fall behind before it lags.
+const ANNOUNCE_CAPACITY: usize = 256;
+
 /// The scheduler, before it runs.
 pub struct Scheduler {
     store: Arc<dyn RunStore>,
     trigger: Trigger,
+    announce: broadcast::Sender<FireRecorded>,
 }
 
 impl fmt::Debug for Scheduler {
@@ -106,6 +118,7 @@ pub struct SchedulerHandle {
     changed: Arc<Notify>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    announce: broadcast::Sender<FireRecorded>,
 }
 
 impl SchedulerHandle {
@@ -120,6 +133,12 @@ impl SchedulerHandle {
         Arc::clone(&self.changed)
     }
 
+    /// Every slot handled from now on, once it is recorded: fired, skipped (and why)
+    /// or failed.
+    pub fn subscribe(&self) -> broadcast::Receiver<FireRecorded> {
+        self.announce.subscribe()
+    }
+
     /// Stops the task and waits for it. A fire in progress is finished and recorded.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
@@ -131,18 +150,25 @@ impl SchedulerHandle {
 
 impl Scheduler {
     pub fn new(store: Arc<dyn RunStore>, trigger: Trigger) -> Self {
-        Scheduler { store, trigger }
+        let (announce, _) = broadcast::channel(ANNOUNCE_CAPACITY);
+        Scheduler {
+            store,
+            trigger,
+            announce,
+        }
     }
 
     /// Starts the task on the current tokio runtime.
     pub fn spawn(self) -> SchedulerHandle {
         let changed = Arc::new(Notify::new());
         let (stop, stop_rx) = watch::channel(false);
+        let announce = self.announce.clone();
         let task = tokio::spawn(self.run(Arc::clone(&changed), stop_rx));
         SchedulerHandle {
             changed,
             stop,
             task,
+            announce,
         }
     }
 
@@ -239,16 +265,25 @@ impl Scheduler {
             Decision::Replace(due) => (due, self.fire(s, due, FireAction::Replace).await),
         };
         let next = compiled.next_fire(due.slot.max(now));
-        self.store
-            .record_fired(
-                &s.id,
-                &FireRecord {
-                    slot: due.slot,
-                    outcome,
-                    next_fire_at: next,
-                },
-            )
-            .await?;
+        let record = FireRecord {
+            slot: due.slot,
+            outcome,
+            next_fire_at: next,
+        };
+        match self.store.record_fired(&s.id, &record).await {
+            Ok(_) => {}
+            // Deleted while it fired: nothing left to record it on.
+            Err(StoreError::NotFound { .. }) => {
+                tracing::info!(schedule = %s.id, slot = %due.slot, "scheduler: schedule deleted while firing");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        }
+        // Nobody listening is fine.
+        let _ = self.announce.send(FireRecorded {
+            schedule_id: s.id.clone(),
+            record,
+        });
         Ok(next)
     }
 

@@ -5,13 +5,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use faultline_controller::schedule::{
-    FireAction, ScheduleFire, ScheduleSpec, Scheduler, TriggerError, trigger_fn,
+    FireAction, FireRecorded, ScheduleFire, ScheduleSpec, Scheduler, SkipReason, TriggerError,
+    trigger_fn,
 };
 use faultline_controller::store::{
-    AuditQuery, NewRun, RunFinish, RunStatus, RunStore, SCHEDULER_ACTOR, ScheduleDef,
+    AuditQuery, FireOutcome, NewRun, RunFinish, RunQuery, RunStatus, RunStore, SCHEDULER_ACTOR,
+    ScheduleDef,
 };
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::common::Fixture;
 
@@ -85,6 +87,14 @@ async fn next_fire(
         .expect("trigger channel open")
 }
 
+/// The next recorded slot, within [`FIRE_WITHIN`].
+async fn next_record(rx: &mut broadcast::Receiver<FireRecorded>) -> FireRecorded {
+    tokio::time::timeout(FIRE_WITHIN, rx.recv())
+        .await
+        .unwrap_or_else(|_| panic!("nothing recorded within {FIRE_WITHIN:?}"))
+        .expect("scheduler announcements")
+}
+
 fn every_second(experiment_id: &str) -> ScheduleDef {
     ScheduleDef {
         name: "every second".to_owned(),
@@ -153,51 +163,54 @@ pub async fn overlap_skip_records_why(fx: Fixture) {
     let exp = fx.experiment("slow").await;
     // Runs are left queued: the next slot finds one in flight.
     let (trig, mut fires) = trigger(Arc::clone(&fx.store), false);
+    let handle = Scheduler::new(Arc::clone(&fx.store), trig).spawn();
+    let mut records = handle.subscribe();
     let s = fx
         .store
         .create_schedule(&every_second(&exp.id), "alice")
         .await
         .unwrap();
-    let handle = Scheduler::new(Arc::clone(&fx.store), trig).spawn();
-    let (first, _) = next_fire(&mut fires).await;
+    handle.changed();
 
-    // Wait (bounded) until a later slot has been handled: it must be a skip.
-    let deadline = tokio::time::Instant::now() + FIRE_WITHIN;
-    let skip = loop {
-        let audit = fx
-            .store
-            .list_audit(&AuditQuery {
-                target: Some(s.id.clone()),
-                ..AuditQuery::default()
-            })
-            .await
-            .unwrap();
-        if let Some(skip) = audit.into_iter().find(|a| a.action == "schedule.skip") {
-            break skip;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no skip recorded within {FIRE_WITHIN:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (first, run_id) = next_fire(&mut fires).await;
+    let fired = next_record(&mut records).await;
+    assert_eq!(fired.schedule_id, s.id);
+    assert_eq!(fired.record.slot, first.slot);
+    assert!(matches!(&fired.record.outcome, FireOutcome::Fired { run_id: r, .. } if *r == run_id));
+    // The next slot: skipped, and why.
+    let skipped = next_record(&mut records).await;
     handle.shutdown().await;
-    assert_eq!(skip.detail["reason"]["kind"], json!("overlap"));
-    assert!(skip.detail["slot"].as_str().is_some());
+    assert!(skipped.record.slot > first.slot);
+    assert_eq!(
+        skipped.record.outcome,
+        FireOutcome::Skipped {
+            reason: SkipReason::Overlap
+        }
+    );
     assert!(
         fires.try_recv().is_err(),
         "no second run while the first is queued"
     );
     let runs = fx
         .store
-        .list_runs(&faultline_controller::store::RunQuery {
+        .list_runs(&RunQuery {
             schedule_id: Some(s.id.clone()),
-            ..Default::default()
+            ..RunQuery::default()
         })
         .await
         .unwrap();
     assert_eq!(runs.len(), 1);
-    assert!(first.slot <= chrono::Utc::now());
+    // The skip is in the audit log with its reason.
+    let audit = fx
+        .store
+        .list_audit(&AuditQuery {
+            target: Some(s.id.clone()),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(audit[0].action, "schedule.skip");
+    assert_eq!(audit[0].detail["reason"]["kind"], json!("overlap"));
 }
 
 pub async fn disabled_and_deleted_schedules_do_not_fire(fx: Fixture) {
