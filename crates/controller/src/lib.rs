@@ -4,13 +4,20 @@
 //!
 //! It talks to agents only through `AgentClient` (`client/`: HTTP and in-process);
 //! it never injects a fault itself, and it never starts anything from `plan`.
+//!
+//! For `faultline serve`: `store` keeps experiments, runs, their event streams,
+//! schedules and the audit log (one `RunStore` trait; SQLite and PostgreSQL), and
+//! `schedule` decides when game days fire (cron with seconds, time zones, overlap,
+//! blackouts, missed runs) and runs the `Scheduler` task over a store.
 
 pub mod client;
 pub mod engine;
 pub mod journal;
 pub mod plan;
 pub mod report;
+pub mod schedule;
 pub mod select;
+pub mod store;
 
 pub use plan::{Plan, plan};
 pub use select::{SelectError, Selection, resolve};
