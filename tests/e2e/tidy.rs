@@ -24,6 +24,9 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("nvml-shim-soname", &["cuda-shim"][..]),
         ("fake-cuda", &[][..]),
         ("fake-nvml", &[][..]),
+        // The demo target of `faultline demo`: a service to break, so it depends on
+        // nothing of faultline, and no library lists it: only the binary uses it.
+        ("demo", &[][..]),
         // testkit is a dev-dependency helper: it may use anything below the binary.
         (
             "testkit",
