@@ -287,6 +287,14 @@ impl Fault for HttpGatewayFault {
 
     fn revert(&mut self) -> BoxFuture<'_, Result<(), RevertError>> {
         Box::pin(async move {
+            // Connections already redirected into the proxy are reset while the
+            // redirect still translates their packets (see `cut_redirected`).
+            if let (Some(_), Some(port)) = (
+                &self.redirect,
+                self.proxy.as_ref().map(|p| p.local_addr().port()),
+            ) {
+                crate::network::ss::cut_redirected(self.kind, port).await;
+            }
             // The redirect first: traffic must not be sent to a proxy that is gone.
             let redirect = match (self.redirect.as_mut(), &self.table) {
                 (Some(r), _) => r.revert(),

@@ -13,6 +13,8 @@ use tokio::process::Command;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Filter {
     Port(u16),
+    /// Only sockets whose local port is this one (a proxy's accepted connections).
+    SourcePort(u16),
     Peer(SocketAddr),
 }
 
@@ -37,6 +39,9 @@ pub fn args(filter: &Filter) -> Vec<String> {
             ] {
                 a.push(t.to_owned());
             }
+        }
+        Filter::SourcePort(p) => {
+            a.extend(["sport".to_owned(), "=".to_owned(), format!(":{p}")]);
         }
         Filter::Peer(addr) => {
             a.extend(["dst".to_owned(), addr.to_string()]);
@@ -70,6 +75,22 @@ pub async fn kill_connections(filter: &Filter) -> Result<usize, String> {
         .count())
 }
 
+/// Before a transparent redirect is removed: resets the connections the fault's
+/// proxy accepted (local port `proxy_port`), so their clients see a reset at once.
+/// Removing the last NAT chain unregisters the kernel's NAT hooks, after which a
+/// redirected connection's packets are no longer translated: its client would
+/// wait on a connection nobody answers until its own timeout. Best effort: a
+/// failure is logged, never a reason to keep the fault.
+pub async fn cut_redirected(kind: &'static str, proxy_port: u16) {
+    let filter = Filter::SourcePort(proxy_port);
+    match kill_connections(&filter).await {
+        Ok(cut) => tracing::debug!(kind, proxy_port, cut, "redirected connections reset"),
+        Err(reason) => {
+            tracing::warn!(kind, proxy_port, %reason, "cannot reset redirected connections")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,6 +102,12 @@ mod tests {
             a,
             "-K -t -n state established ( sport = :8080 or dport = :8080 )"
         );
+    }
+
+    #[test]
+    fn source_port_filter_matches_only_the_local_end() {
+        let a = args(&Filter::SourcePort(41000)).join(" ");
+        assert_eq!(a, "-K -t -n state established sport = :41000");
     }
 
     #[tokio::test]
