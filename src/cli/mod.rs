@@ -3,6 +3,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod agent;
+mod demo;
 mod plan;
 mod proxy;
 mod run;
@@ -75,6 +76,9 @@ enum Command {
     /// Exit 0 every hypothesis held, 1 one failed, 2 invalid input, 3 aborted with
     /// every fault reverted, 4 a revert could not be confirmed.
     Run(run::RunArgs),
+    /// The quickstart game day against an embedded completion API, with an
+    /// in-process agent: nothing else needs to run. `--break` shows a failing gate.
+    Demo(demo::DemoArgs),
     /// Run the per-host agent: faults injected under leases, journaled before
     /// injecting, reverted when a lease lapses and at start.
     Agent(agent::AgentArgs),
@@ -105,6 +109,7 @@ pub fn main() -> ExitCode {
             output,
         } => plan::run(&file, inventory.as_deref(), seed, output),
         Command::Run(args) => run::run(args),
+        Command::Demo(args) => demo::run(args),
         Command::Agent(args) => agent::run(args),
         Command::Proxy(args) => proxy::run(args),
         Command::Schema => print_json(&faultline_spec::schema::experiment_schema()),

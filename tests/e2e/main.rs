@@ -3,6 +3,7 @@
 
 mod agent;
 mod cli;
+mod demo;
 mod run;
 mod tidy;
 

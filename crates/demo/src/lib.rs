@@ -39,7 +39,8 @@
 //! **Fragile mode** ([`DemoConfig::fragile`]) is what `faultline demo --break` runs
 //! to show a failing SLA gate: the database connection has no busy timeout (any
 //! lock is an immediate `SQLITE_BUSY`, so every request during a stall is a `503`)
-//! and the gateway lets only 2 requests in flight (any added latency turns into
+//! and the gateway lets only 8 requests in flight (a 200 ms round trip at 50/s needs
+//! 10, so added latency turns into
 //! `429`s). Fault-free, at the quickstart's 50 requests/s, it still meets its SLA.
 //!
 //! [`Demo::stats`] counts what happened ([`DemoStats`]); [`Demo::shutdown`] stops
@@ -130,12 +131,12 @@ impl Default for DemoConfig {
 
 impl DemoConfig {
     /// The demo that degrades badly under faults (`faultline demo --break`): no busy
-    /// timeout (a held lock is an immediate 503) and a gateway limit of 2 requests in
+    /// timeout (a held lock is an immediate 503) and a gateway limit of 8 requests in
     /// flight (added latency becomes 429s). Everything else as [`Default`].
     pub fn fragile() -> Self {
         Self {
             busy_timeout: Duration::ZERO,
-            concurrency: 2,
+            concurrency: 8,
             ..Self::default()
         }
     }

@@ -1,0 +1,111 @@
+//! `faultline demo [--break]`: the quickstart game day against an embedded target.
+//!
+//! Starts the demo completion API in this process (gateway 127.0.0.1:18080 ->
+//! service 127.0.0.1:18081 -> SQLite jobs), the in-process agent, and runs
+//! experiments/quickstart.yaml (compiled in) through the same engine and outputs
+//! as `faultline run`. `--break` runs the same game day against a fragile build of
+//! the target, whose SLA breaks: it exits 1, as a failing CI gate would.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use faultline_demo::{Demo, DemoConfig};
+use faultline_spec::Inventory;
+
+use super::exit;
+use super::run::{OutputArgs, execute};
+
+/// The quickstart, as shipped in experiments/.
+const QUICKSTART: &str = include_str!("../../experiments/quickstart.yaml");
+const QUICKSTART_PATH: &str = "experiments/quickstart.yaml";
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Run against a fragile target (no database busy timeout, a gateway that
+    /// admits 2 requests at once): its SLA breaks and the run exits 1.
+    #[arg(long = "break")]
+    broken: bool,
+    /// Run this experiment against the demo target instead of the quickstart.
+    #[arg(long, value_name = "FILE")]
+    experiment: Option<PathBuf>,
+    #[command(flatten)]
+    out: OutputArgs,
+}
+
+pub fn run(mut args: DemoArgs) -> anyhow::Result<u8> {
+    let loaded = match &args.experiment {
+        Some(path) => faultline_spec::load_file(path),
+        None => faultline_spec::validate::load(QUICKSTART_PATH, QUICKSTART),
+    };
+    let Some(exp) = loaded.experiment else {
+        eprint!("{}", loaded.report.render());
+        return Ok(exit::INVALID);
+    };
+    if let Some(missing) = missing_prerequisite() {
+        eprintln!("error: faultline demo needs {missing}");
+        return Ok(exit::INVALID);
+    }
+    // The demo always leaves a report to look at.
+    let report = args
+        .out
+        .report
+        .get_or_insert_with(|| std::env::temp_dir().join("faultline-demo/report"))
+        .clone();
+    let config = if args.broken {
+        DemoConfig::fragile()
+    } else {
+        DemoConfig::default()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let demo = match Demo::start(config).await {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("error: cannot start the demo target: {e}");
+                return Ok(exit::INVALID);
+            }
+        };
+        eprintln!(
+            "faultline demo: completion API at http://{}/v1/complete (gateway) -> {} (service){}",
+            demo.gateway_addr(),
+            demo.service_addr(),
+            if args.broken { ", fragile build" } else { "" }
+        );
+        let code = execute(&exp, Inventory::default(), 0, &args.out).await;
+        let stats = demo.stats();
+        demo.shutdown().await;
+        let code = code?;
+        eprintln!(
+            "faultline demo: the target answered {} requests: {} ok, {} rate-limited, {} server errors; report: {}",
+            stats.requests,
+            stats.ok,
+            stats.rate_limited,
+            stats.server_errors,
+            report.join("index.html").display()
+        );
+        Ok(code)
+    })
+}
+
+/// The quickstart's network and gateway faults attach transparently to the
+/// service's port with an nftables redirect: that takes root and `nft`.
+fn missing_prerequisite() -> Option<String> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Some(
+            "root: its network faults redirect a port with nftables (run it with sudo)".into(),
+        );
+    }
+    let nft = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
+        .iter()
+        .map(PathBuf::from)
+        .any(|p| p.exists());
+    if !nft {
+        return Some(
+            "nftables (`nft`): run ./scripts/setup.sh, or apt-get install nftables".into(),
+        );
+    }
+    None
+}
