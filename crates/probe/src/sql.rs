@@ -12,8 +12,11 @@
 //! - PostgreSQL, through tokio-postgres without TLS: the query runs with the
 //!   simple protocol (the value is read from its text), and a query still running
 //!   when the attempt is abandoned is cancelled on the server.
-//! - MySQL probes are refused at start with an error that says so: not
-//!   implemented yet.
+//! - MySQL and MariaDB, through mysql_async without TLS: the query runs with the
+//!   text protocol (the value is read from its first column), and a query still
+//!   running when the attempt is abandoned is killed on the server (`KILL QUERY`
+//!   from a second connection), so a probe stuck behind a lock does not keep
+//!   waiting there.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -32,6 +35,7 @@ use crate::window::FailureKind;
 pub enum SqlQuery {
     Sqlite(SqliteQuery),
     Postgres(Box<PgQuery>),
+    Mysql(Box<MyQuery>),
 }
 
 impl SqlQuery {
@@ -43,9 +47,7 @@ impl SqlQuery {
             Some(DbEngine::Postgres) => {
                 PgQuery::new(spec, &url).map(|q| SqlQuery::Postgres(Box::new(q)))
             }
-            Some(DbEngine::Mysql) => Err(ProbeError::Sql(
-                "mysql probes are not implemented yet; sqlite and postgres are".to_owned(),
-            )),
+            Some(DbEngine::Mysql) => MyQuery::new(spec, &url).map(|q| SqlQuery::Mysql(Box::new(q))),
             None => Err(ProbeError::Sql(format!(
                 "cannot tell the engine from `{}`; set `engine`",
                 spec.url
@@ -58,6 +60,7 @@ impl SqlQuery {
         match self {
             SqlQuery::Sqlite(q) => q.attempt().await,
             SqlQuery::Postgres(q) => q.attempt().await,
+            SqlQuery::Mysql(q) => q.attempt().await,
         }
     }
 }
@@ -138,6 +141,95 @@ impl Drop for CancelOnDrop {
             rt.spawn(async move {
                 if let Err(e) = token.cancel_query(NoTls).await {
                     tracing::debug!(error = %e, "postgres probe could not cancel its query");
+                }
+            });
+        }
+    }
+}
+
+// === impl MyQuery ===
+
+/// A prepared MySQL/MariaDB query. Its `Debug` shows no connection details.
+#[derive(Clone)]
+pub struct MyQuery {
+    opts: mysql_async::Opts,
+    query: String,
+}
+
+impl std::fmt::Debug for MyQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MyQuery")
+            .field("query", &self.query)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MyQuery {
+    fn new(spec: &SqlProbe, url: &str) -> Result<Self, ProbeError> {
+        // mysql_async reads `mysql://`; accept MariaDB's scheme too.
+        let url = url
+            .strip_prefix("mariadb://")
+            .map_or_else(|| url.to_owned(), |rest| format!("mysql://{rest}"));
+        let opts = mysql_async::Opts::from_url(&url)
+            .map_err(|e| ProbeError::Sql(format!("`{}` is not a MySQL URL: {e}", spec.url)))?;
+        let opts = mysql_async::OptsBuilder::from_opts(opts)
+            .prefer_socket(false)
+            .into();
+        Ok(MyQuery {
+            opts,
+            query: spec.query.clone(),
+        })
+    }
+
+    pub async fn attempt(&self) -> Result<Option<f64>, FailureKind> {
+        use mysql_async::prelude::Queryable as _;
+        let mut conn = mysql_async::Conn::new(self.opts.clone())
+            .await
+            .map_err(|e| {
+                tracing::debug!(error = %e, "mysql probe cannot connect");
+                FailureKind::Connect
+            })?;
+        let mut kill = KillOnDrop(Some((self.opts.clone(), conn.id())));
+        let result: Result<Option<mysql_async::Row>, _> = conn.query_first(&self.query).await;
+        kill.0 = None;
+        if let Err(e) = conn.disconnect().await {
+            tracing::debug!(error = %e, "mysql probe disconnect");
+        }
+        let row = result.map_err(|e| {
+            tracing::debug!(error = %e, "mysql probe query failed");
+            match e {
+                mysql_async::Error::Io(_) => FailureKind::Connect,
+                _ => FailureKind::Other,
+            }
+        })?;
+        Ok(row.and_then(|r| match r.as_ref(0)? {
+            mysql_async::Value::Int(i) => Some(*i as f64),
+            mysql_async::Value::UInt(u) => Some(*u as f64),
+            mysql_async::Value::Float(f) => Some(f64::from(*f)),
+            mysql_async::Value::Double(d) => Some(*d),
+            mysql_async::Value::Bytes(b) => std::str::from_utf8(b).ok()?.trim().parse().ok(),
+            _ => None,
+        }))
+    }
+}
+
+/// Kills the query on the server when the attempt is abandoned (timed out,
+/// stopped): the server would otherwise go on waiting for a lock for nobody.
+struct KillOnDrop(Option<(mysql_async::Opts, u32)>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let (Some((opts, id)), Ok(rt)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
+            rt.spawn(async move {
+                use mysql_async::prelude::Queryable as _;
+                match mysql_async::Conn::new(opts).await {
+                    Ok(mut c) => {
+                        if let Err(e) = c.query_drop(format!("KILL QUERY {id}")).await {
+                            tracing::debug!(error = %e, "mysql probe could not kill its query");
+                        }
+                        let _ = c.disconnect().await;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "mysql probe could not kill its query"),
                 }
             });
         }

@@ -140,9 +140,78 @@ async fn sqlite_query_value_and_missing_database() {
         !dir.path().join("nope.db").exists(),
         "a probe must not create a database"
     );
-    let p: Probe = crate::probe("{ sql: { url: 'mysql://app@127.0.0.1/app' } }");
-    let err = start_with(&p, Clock::start(), limits(1)).expect_err("mysql refused");
-    assert!(err.to_string().contains("not implemented"), "{err}");
+}
+
+/// The MariaDB account scripts/setup.sh creates; FAULTLINE_TEST_MYSQL_URL overrides.
+fn my_url() -> String {
+    std::env::var("FAULTLINE_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://faultline:faultline@127.0.0.1:3306/faultline_test".to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_query_value_failure_and_kill_at_timeout() {
+    use mysql_async::prelude::Queryable as _;
+    let url = my_url();
+    let mut admin = match mysql_async::Conn::from_url(&url).await {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "MariaDB is not reachable at {url} ({e}): start it with `./scripts/setup.sh` \
+             (installs mariadb-server, starts it and creates the faultline user), or point \
+             FAULTLINE_TEST_MYSQL_URL at a server"
+        ),
+    };
+    let s = run(
+        &format!("{{ sql: {{ url: '{url}', query: 'SELECT 40 + 2', rate: 50/s }} }}"),
+        2,
+    )
+    .await;
+    let w = all(&s);
+    assert_eq!(w.successes, 2, "{w:?}");
+    assert_eq!(w.values.map(|v| v.max), Some(42.0));
+
+    let s = run(
+        &format!("{{ sql: {{ url: '{url}', query: 'SELECT * FROM no_such_table', rate: 50/s }} }}"),
+        1,
+    )
+    .await;
+    assert_eq!(all(&s).failures(FailureKind::Other), 1);
+
+    // A query stuck past the timeout fails as a timeout and is killed on the
+    // server rather than left running. The marker makes it findable.
+    let marker = format!("faultline_probe_sleep_{}", std::process::id());
+    let t0 = Instant::now();
+    let s = run(
+        &format!(
+            "{{ sql: {{ url: '{url}', query: 'SELECT SLEEP(30) AS {marker}', rate: 50/s, timeout: 300ms }} }}"
+        ),
+        1,
+    )
+    .await;
+    assert_eq!(all(&s).failures(FailureKind::Timeout), 1);
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    let mut left = i64::MAX;
+    for _ in 0..50 {
+        let n: Option<i64> = admin
+            .query_first(format!(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+                 WHERE INFO LIKE 'SELECT SLEEP(30) AS {marker}%'"
+            ))
+            .await
+            .expect("processlist");
+        left = n.unwrap_or(0);
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0, "the timed-out query still runs on the server");
+
+    let s = run(
+        "{ sql: { url: 'mysql://faultline:wrong@127.0.0.1:1/x', rate: 50/s } }",
+        1,
+    )
+    .await;
+    assert_eq!(all(&s).failures(FailureKind::Connect), 1);
 }
 
 /// The PostgreSQL role scripts/setup.sh creates; FAULTLINE_TEST_PG_URL overrides.
