@@ -393,9 +393,15 @@ async fn worker(shared: Arc<Shared>, id: usize, mut wake: mpsc::Receiver<()>) {
     // Dropping the connection (after an error, a timeout or at the end) closes the
     // socket: a request abandoned mid-flight leaves it in an unknown state.
     // The connection is opened before taking work; then the next worker may grow.
-    let mut conn: Option<Conn> = connect(&shared).await.ok();
-    shared.lock().growing = false;
+    // Bounded like a request: a stopped server whose accept queue is full leaves
+    // a connect hanging in SYN retries for minutes, and a stopping load waits
+    // for every worker.
     let timeout = shared.load.timeout;
+    let mut conn: Option<Conn> = tokio::time::timeout(timeout, connect(&shared))
+        .await
+        .ok()
+        .and_then(Result::ok);
+    shared.lock().growing = false;
     let mut finished_one = false;
     loop {
         let next = {
