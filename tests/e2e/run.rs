@@ -235,3 +235,77 @@ fn kill_9_of_the_controller_leaves_nothing_once_the_lease_lapses() {
     let _ = agent.kill();
     let _ = agent.wait();
 }
+
+#[test]
+fn a_lost_agent_ends_the_run_with_exit_4_naming_what_may_be_left() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut agent, agent_addr) = start_agent(dir.path());
+    let (server, addr) = Child::http_server();
+    let inventory = dir.path().join("inventory.yaml");
+    std::fs::write(
+        &inventory,
+        format!(
+            "agents:\n  a1: {{ url: 'http://{agent_addr}', token_file: '{}' }}\n",
+            dir.path().join("token").display()
+        ),
+    )
+    .expect("inventory");
+    let exp = write_experiment(dir.path(), &server, addr, ">= 0%", "a1", "3s", "60s");
+    let mut run = Command::new(assert_cmd::cargo::cargo_bin("faultline"))
+        .current_dir(root())
+        .env_remove("FAULTLINE_LOG")
+        .arg("run")
+        .arg(&exp)
+        .arg("--inventory")
+        .arg(&inventory)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn run");
+    let stderr = run.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("injected freeze") {
+                let _ = tx.send(None);
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        let _ = tx.send(Some(all));
+    });
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(60)).expect("injected"),
+        None
+    );
+    // The agent dies with the fault in place (its journal would revert it on
+    // restart; nobody restarts it here).
+    agent.kill().expect("kill -9 the agent");
+    let _ = agent.wait();
+    let lost = Instant::now();
+    let status = run.wait().expect("wait");
+    let stderr = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("stderr")
+        .unwrap_or_default();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut run.stdout.take().expect("stdout"), &mut stdout)
+        .expect("read stdout");
+    assert_eq!(status.code(), Some(4), "{stdout}\n{stderr}");
+    // Noticed within about half a lease, not at the end of the 60 s step.
+    assert!(
+        lost.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        lost.elapsed()
+    );
+    assert!(stderr.contains("agent a1 lost"), "{stderr}");
+    assert!(
+        stderr.contains("revert unconfirmed, may be left:") && stderr.contains("freeze.a1 on a1"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("LEFT BEHIND") || stdout.contains("left behind"),
+        "{stdout}"
+    );
+}
