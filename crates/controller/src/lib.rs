@@ -11,6 +11,7 @@
 //! blackouts, missed runs) and runs the `Scheduler` task over a store.
 
 pub mod client;
+pub mod connect;
 pub mod engine;
 pub mod journal;
 pub mod plan;
