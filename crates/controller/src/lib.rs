@@ -18,6 +18,7 @@ pub mod plan;
 pub mod report;
 pub mod schedule;
 pub mod select;
+pub mod service;
 pub mod store;
 
 pub use plan::{Plan, plan};
