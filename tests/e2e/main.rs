@@ -4,6 +4,7 @@
 mod agent;
 mod cli;
 mod run;
+mod serve;
 mod tidy;
 
 use std::path::{Path, PathBuf};
