@@ -1194,3 +1194,16 @@ pub(crate) fn is_final(live: &Live, id: &str) -> bool {
 }
 
 pub(crate) use broadcast::error::RecvError;
+
+#[cfg(test)]
+mod tests {
+    /// The API's contract: a change to a route, a body or a status shows here.
+    #[test]
+    fn the_openapi_document_is_stable() {
+        let (_, mut doc) = super::routes();
+        doc.info.version = "VERSION".to_owned();
+        let v = serde_json::to_value(&doc).expect("the document serialises");
+        assert_eq!(v["openapi"], "3.1.0");
+        insta::assert_json_snapshot!("openapi", v);
+    }
+}
