@@ -276,7 +276,13 @@ impl Manager {
             return Err(ManagerError::ShuttingDown);
         }
         let busy = busy_with(&st, &resources);
-        if !busy.is_empty() && !req.queue && self.policy == ConcurrencyPolicy::Refuse {
+        // The scheduler already applied the schedule's overlap policy to its own
+        // runs; one that is still releasing its agents is waited for, not a refusal.
+        let own = req.schedule_id.is_some()
+            && busy
+                .iter()
+                .all(|(_, _, sch)| sch.is_some() && *sch == req.schedule_id);
+        if !busy.is_empty() && !req.queue && !own && self.policy == ConcurrencyPolicy::Refuse {
             // A retry of a request that was accepted is answered, not refused.
             if let Some(key) = &req.idempotency_key
                 && let Some(run) = self.by_key(&req.requested_by, key).await?
@@ -291,7 +297,7 @@ impl Manager {
             self.metrics.refused.inc();
             let mut agents: Vec<String> = Vec::new();
             let mut runs: Vec<String> = Vec::new();
-            for (res, run) in busy {
+            for (res, run, _) in busy {
                 if let Some(a) = res.strip_prefix("agent:") {
                     agents.push(a.to_owned());
                 }
@@ -369,12 +375,20 @@ impl Manager {
                     continue;
                 }
                 let Some(p) = st.queue.remove(i) else { break };
-                match self.store.mark_running(&p.run_id).await {
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::error!(run = %p.run_id, error = %e, "cannot mark the run running; dropped");
-                        continue;
-                    }
+                if let Err(e) = self.store.mark_running(&p.run_id).await {
+                    tracing::error!(run = %p.run_id, error = %e, "cannot mark the run running");
+                    let reason = format!("the controller could not start the run: {e}");
+                    self.finish(
+                        &p.run_id,
+                        &RunFinish {
+                            status: RunStatus::Error,
+                            exit_code: None,
+                            summary: json!({ "status": "error", "reason": reason }),
+                            journal: None,
+                        },
+                    )
+                    .await;
+                    continue;
                 }
                 st.running.insert(
                     p.run_id.clone(),
@@ -670,20 +684,21 @@ impl Manager {
     }
 }
 
-/// Resources of `want` in use, and by which run.
-fn busy_with(st: &State, want: &[String]) -> Vec<(String, String)> {
+/// Resources of `want` in use: the resource, the run holding it, and that run's
+/// schedule.
+fn busy_with(st: &State, want: &[String]) -> Vec<(String, String, Option<String>)> {
     let mut out = Vec::new();
     for (id, a) in &st.running {
         for r in &a.resources {
             if want.contains(r) {
-                out.push((r.clone(), id.clone()));
+                out.push((r.clone(), id.clone(), a.schedule_id.clone()));
             }
         }
     }
     for p in &st.queue {
         for r in &p.resources {
             if want.contains(r) {
-                out.push((r.clone(), p.run_id.clone()));
+                out.push((r.clone(), p.run_id.clone(), p.schedule_id.clone()));
             }
         }
     }
