@@ -887,6 +887,8 @@ async fn schemathesis_finds_no_server_error() {
             .args(["--header", &format!("Authorization: Bearer {ADMIN}")])
             .args(["--request-timeout", "10"])
             .env("NO_COLOR", "1")
+            // It keeps a cache in its working directory; not in the source tree.
+            .current_dir(f._dir.path())
             .kill_on_drop(true)
             .output(),
     )
