@@ -77,6 +77,15 @@ if ! "$venv/bin/python" -c 'import toxiproxy' >/dev/null 2>&1; then
   "$venv/bin/pip" install -q 'toxiproxy-python==0.1.1'
 fi
 
+# --- schemathesis (PyPI): fuzzes the controller's HTTP API from its OpenAPI document ---
+# A venv of its own: its dependency tree has nothing to do with the proxy tests'.
+st_venv="${CARGO_TARGET_DIR:-$PWD/target}/schemathesis-venv"
+if ! "$st_venv/bin/schemathesis" --version 2>/dev/null | grep -q '4.32.5'; then
+  rm -rf "$st_venv"
+  python3 -m venv "$st_venv"
+  "$st_venv/bin/pip" install -q 'schemathesis==4.32.5'
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found; install Rust with rustup (rust-toolchain.toml pins the version)" >&2
   exit 1

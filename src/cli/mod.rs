@@ -7,6 +7,7 @@ mod demo;
 mod plan;
 mod proxy;
 mod run;
+mod serve;
 mod validate;
 
 use std::io::Write as _;
@@ -82,6 +83,9 @@ enum Command {
     /// Run the per-host agent: faults injected under leases, journaled before
     /// injecting, reverted when a lease lapses and at start.
     Agent(agent::AgentArgs),
+    /// Run the controller service: HTTP API, run manager and game-day scheduler,
+    /// until Ctrl-C or SIGTERM (which abort and revert every run in flight).
+    Serve(serve::ServeArgs),
     /// Run the standalone fault proxy with its Toxiproxy-compatible API, until
     /// Ctrl-C or SIGTERM.
     Proxy(proxy::ProxyArgs),
@@ -111,6 +115,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Agent(args) => agent::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Proxy(args) => proxy::run(args),
         Command::Schema => print_json(&faultline_spec::schema::experiment_schema()),
         Command::Completions { shell } => {

@@ -6,14 +6,13 @@
 use std::collections::BTreeMap;
 use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use faultline_controller::client::{AgentClient, HttpClient, LocalClient};
+use faultline_controller::connect::{ConnectError, Connector};
 use faultline_controller::engine::{self, Abort, Agents, RunOptions};
 use faultline_controller::journal::{Event, Journal, Phase, RunStatus};
-use faultline_spec::{Experiment, Inventory, LOCAL_AGENT};
+use faultline_spec::{Experiment, Inventory};
 use tokio::sync::mpsc;
 
 use super::{Output, exit};
@@ -79,13 +78,14 @@ pub async fn execute(
     seed: u64,
     out: &OutputArgs,
 ) -> anyhow::Result<u8> {
-    let agents = match connect(exp, &inventory, seed, out.state_dir.as_deref()).await {
-        Ok(a) => a,
-        Err((code, e)) => {
-            eprintln!("error: {e:#}");
-            return Ok(code);
-        }
-    };
+    let (connector, agents) =
+        match connect(exp, inventory.clone(), seed, out.state_dir.as_deref()).await {
+            Ok(a) => a,
+            Err((code, e)) => {
+                eprintln!("error: {e:#}");
+                return Ok(code);
+            }
+        };
     let mut opts = RunOptions::new(engine::new_run_id(), seed);
     opts.inventory = inventory;
     let abort = opts.abort.clone();
@@ -97,61 +97,34 @@ pub async fn execute(
     let journal = engine::run(exp, &agents, opts).await;
     signals.abort();
     let _ = progress.await;
-    halt_local(&agents).await;
+    halt_local(&connector).await;
     write_outputs(&journal, out)
 }
 
 /// One client per agent the plan uses; the in-process agent when `local` is.
 async fn connect(
     exp: &Experiment,
-    inventory: &Inventory,
+    inventory: Inventory,
     seed: u64,
     state_dir: Option<&Path>,
-) -> Result<Agents, (u8, anyhow::Error)> {
-    let selections = faultline_controller::resolve(exp, inventory, seed).map_err(|e| {
-        let msg = e
-            .iter()
-            .map(|e| e.to_string())
-            .collect::<Vec<_>>()
-            .join("; ");
-        (exit::INVALID, anyhow::anyhow!(msg))
-    })?;
-    let mut agents = Agents::new();
-    for name in selections.values().flat_map(|s| s.agents.iter()) {
-        if agents.contains_key(name) {
-            continue;
-        }
-        let client: Arc<dyn AgentClient> = if name == LOCAL_AGENT {
-            let dir = state_dir
-                .map(Path::to_path_buf)
-                .unwrap_or_else(default_state_dir);
-            let (client, recovered) = LocalClient::start(&dir, BTreeMap::new())
-                .await
-                .map_err(|e| (exit::ABORTED, anyhow::Error::from(e)))?;
-            for id in &recovered.reverted {
-                eprintln!("faultline: reverted {id}, left by a previous run");
-            }
-            Arc::new(client)
-        } else {
-            let entry = &inventory.agents[name];
-            let token = match &entry.token_file {
-                Some(f) => Some(
-                    std::fs::read_to_string(f)
-                        .with_context(|| format!("agent {name}: cannot read token file {f}"))
-                        .map_err(|e| (exit::INVALID, e))?
-                        .trim()
-                        .to_owned(),
-                ),
-                None => None,
-            };
-            Arc::new(
-                HttpClient::new(name, &entry.url, token, None, Duration::from_secs(5))
-                    .map_err(|e| (exit::INVALID, anyhow::Error::from(e)))?,
-            )
+) -> Result<(Connector, Agents), (u8, anyhow::Error)> {
+    let dir = state_dir
+        .map(Path::to_path_buf)
+        .unwrap_or_else(default_state_dir);
+    let connector = Connector::new(inventory, dir);
+    let agents = connector.agents(exp, seed).await.map_err(|e| {
+        let code = match e {
+            ConnectError::Local(_) => exit::ABORTED,
+            ConnectError::Unresolved(_) | ConnectError::BadAgent { .. } => exit::INVALID,
         };
-        agents.insert(name.clone(), client);
+        (code, anyhow::Error::from(e))
+    })?;
+    if let Some(recovered) = connector.local_recovered() {
+        for id in &recovered.reverted {
+            eprintln!("faultline: reverted {id}, left by a previous run");
+        }
     }
-    Ok(agents)
+    Ok((connector, agents))
 }
 
 /// Where the in-process agent keeps its journal when `--state-dir` is not given.
@@ -170,10 +143,8 @@ fn default_state_dir() -> PathBuf {
 
 /// The engine reverted everything it injected; halting the in-process agent
 /// also clears anything a previous, killed run left that its lease still holds.
-async fn halt_local(agents: &Agents) {
-    if let Some(local) = agents.get(LOCAL_AGENT)
-        && let Ok(report) = local.halt().await
-    {
+async fn halt_local(connector: &Connector) {
+    if let Some(report) = connector.halt_local().await {
         for f in &report.failed {
             eprintln!("faultline: could NOT revert {}: {}", f.id, f.reason);
         }

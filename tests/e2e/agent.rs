@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::root;
 
-fn bin() -> Command {
+pub(crate) fn bin() -> Command {
     let mut c = Command::new(assert_cmd::cargo::cargo_bin("faultline"));
     c.current_dir(root()).env_remove("FAULTLINE_LOG");
     c

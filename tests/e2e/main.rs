@@ -5,6 +5,7 @@ mod agent;
 mod cli;
 mod demo;
 mod run;
+mod serve;
 mod tidy;
 
 use std::path::{Path, PathBuf};

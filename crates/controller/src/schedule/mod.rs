@@ -56,7 +56,9 @@ pub const LATE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 pub const MAX_COUNTED: u32 = 10_000;
 
 /// What a fire does while a run of the same schedule is queued or running.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum OverlapPolicy {
     /// Skip the fire (CronJob `Forbid`).
@@ -69,7 +71,9 @@ pub enum OverlapPolicy {
 }
 
 /// What the scheduler does about slots missed while it was not running.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum MissedRunPolicy {
     /// Record the missed fires; run only at the next future slot.
@@ -112,7 +116,7 @@ str_enum!(MissedRunPolicy, "missed-run policy", { Skip => "skip", RunOnce => "ru
 
 /// A freeze window: either absolute (`start` and `end`) or recurring (`cron` and
 /// `duration`, in the schedule's time zone). `reason` is shown when a fire is skipped.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Blackout {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -121,7 +125,9 @@ pub struct Blackout {
     pub end: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cron: Option<String>,
+    /// How long a recurring window lasts, e.g. `64h`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "64h")]
     pub duration: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,

@@ -116,7 +116,7 @@ pub struct NewExperiment {
 
 /// Where a run is. `queued` and `running` are in flight; the rest are final, and the
 /// ones a run ends in match the `run` exit codes (see [`RunStatus::from_exit_code`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     Queued,

@@ -1,0 +1,198 @@
+//! The service's settings: what `faultline serve --config F` reads (YAML,
+//! [`ConfigFile`]) and what [`super::start`] takes ([`ServiceConfig`]).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use faultline_spec::Inventory;
+use serde::{Deserialize, Serialize};
+
+use super::auth::{ApiToken, Role};
+
+/// The default listen address: loopback, so a token-less start is safe.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7700);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {what} {path}: {reason}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The `--config` file. Flags given on the command line win over it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub listen: Option<SocketAddr>,
+    /// `sqlite:///abs/path/runs.db` or `postgres://user:pass@host:port/db`.
+    pub db: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    /// The agents runs may use (the `faultline run --inventory` format).
+    pub inventory: Option<PathBuf>,
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+    #[serde(default)]
+    pub allow: AllowList,
+    #[serde(default)]
+    pub concurrency: ConcurrencyPolicy,
+}
+
+impl ConfigFile {
+    pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            what: "service config",
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        serde_yaml::from_str(&text)
+            .map_err(|e| ConfigError::Invalid(format!("service config {}: {e}", path.display())))
+    }
+
+    /// Every token with its secret read.
+    pub fn resolve_tokens(&self) -> Result<Vec<ApiToken>, ConfigError> {
+        let mut out: Vec<ApiToken> = Vec::with_capacity(self.tokens.len());
+        for t in &self.tokens {
+            if out.iter().any(|o| o.name == t.name) {
+                return Err(ConfigError::Invalid(format!(
+                    "token name `{}` is used twice; the audit log names tokens, so names must be unique",
+                    t.name
+                )));
+            }
+            out.push(t.resolve()?);
+        }
+        Ok(out)
+    }
+}
+
+/// One API token: who it is (in the audit log), what it may do, and where its
+/// secret is. The secret itself is never in the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub name: String,
+    pub role: Role,
+    /// A file holding the token (whitespace trimmed).
+    pub token_file: Option<PathBuf>,
+    /// An environment variable holding the token.
+    pub token_env: Option<String>,
+}
+
+impl TokenConfig {
+    pub fn resolve(&self) -> Result<ApiToken, ConfigError> {
+        let secret = match (&self.token_file, &self.token_env) {
+            (Some(f), None) => {
+                faultline_agent::auth::read_token_file(f).map_err(|reason| ConfigError::Read {
+                    what: "token file",
+                    path: f.clone(),
+                    reason,
+                })?
+            }
+            (None, Some(var)) => match std::env::var(var) {
+                Ok(v) if !v.trim().is_empty() => v.trim().to_owned(),
+                _ => {
+                    return Err(ConfigError::Invalid(format!(
+                        "token `{}`: environment variable {var} is unset or empty",
+                        self.name
+                    )));
+                }
+            },
+            _ => {
+                return Err(ConfigError::Invalid(format!(
+                    "token `{}`: give exactly one of token_file and token_env",
+                    self.name
+                )));
+            }
+        };
+        Ok(ApiToken::new(&self.name, self.role, secret))
+    }
+}
+
+/// What experiments arriving over the API may do on the controller's own host.
+/// Anything not named here is refused (422 `not_allowed`, located like a
+/// validation error).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowList {
+    /// Programs a `command` probe may run (its `run[0]`, exactly as written), or
+    /// `"*"` for any. Probes run in the controller's process.
+    #[serde(default)]
+    pub commands: Vec<String>,
+    /// Processes a `process.pause` / `process.kill` step may target on the
+    /// in-process agent (`agents: [local]`, the controller's own host):
+    /// `name:COMM`, `pid:N`, `cgroup:PATH`, with `*` as the whole value for any
+    /// (`pid:*`), or `"*"` for every process.
+    #[serde(default)]
+    pub local_processes: Vec<String>,
+}
+
+/// Two runs whose targets share an agent: refuse the second (409) or queue it
+/// until the first is done. Never both at once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConcurrencyPolicy {
+    #[default]
+    Refuse,
+    Queue,
+}
+
+/// How runs are paced: the engine's defaults, shortened by tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunTuning {
+    pub bucket: Duration,
+    pub tick: Duration,
+    pub observe_every: Duration,
+}
+
+impl Default for RunTuning {
+    fn default() -> Self {
+        let d = crate::engine::RunOptions::new("", 0);
+        RunTuning {
+            bucket: d.bucket,
+            tick: d.tick,
+            observe_every: d.observe_every,
+        }
+    }
+}
+
+/// Everything [`super::start`] needs.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub listen: SocketAddr,
+    /// The store URL (see [`crate::store::open`]).
+    pub db: String,
+    /// The in-process agent's journal lives under `STATE_DIR/local-agent`.
+    pub state_dir: PathBuf,
+    pub inventory: Inventory,
+    /// No tokens: every request acts as `anonymous` admin, and only loopback is
+    /// allowed as the listen address.
+    pub tokens: Vec<ApiToken>,
+    pub allow: AllowList,
+    pub concurrency: ConcurrencyPolicy,
+    pub tuning: RunTuning,
+    /// How long a shutdown waits for aborted runs to revert and finish.
+    pub shutdown_grace: Duration,
+}
+
+impl ServiceConfig {
+    /// Loopback, no tokens, nothing allowed, runs refused on busy agents.
+    pub fn new(db: impl Into<String>, state_dir: impl Into<PathBuf>) -> Self {
+        ServiceConfig {
+            listen: DEFAULT_LISTEN,
+            db: db.into(),
+            state_dir: state_dir.into(),
+            inventory: Inventory::default(),
+            tokens: Vec::new(),
+            allow: AllowList::default(),
+            concurrency: ConcurrencyPolicy::default(),
+            tuning: RunTuning::default(),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! `faultline serve [--listen ADDR] [--db URL] [--config F] [--state-dir DIR]`:
+//! the controller service (HTTP API, run manager, scheduler).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use faultline_controller::service::{self, ConfigFile, ServiceConfig};
+use faultline_spec::Inventory;
+
+use super::exit;
+
+/// Run the controller service: the HTTP API (docs/http-api.md) that stores
+/// experiments, starts, streams and aborts runs, and fires scheduled game days.
+/// Flags override the --config file.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Service config (YAML: listen, db, state_dir, inventory, tokens, allow,
+    /// concurrency); see docs/operations.md.
+    #[arg(long, value_name = "F")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:7700]. Anything beyond loopback
+    /// needs API tokens in the config.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// The run store: sqlite:///abs/path/runs.db or
+    /// postgres://user:password@host:port/database [default: sqlite under the state
+    /// directory].
+    #[arg(long, value_name = "URL", env = "FAULTLINE_DB")]
+    db: Option<String>,
+    /// Where the default SQLite store and the in-process agent's journal live
+    /// [default: $XDG_STATE_HOME/faultline, /var/lib/faultline as root].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Agents runs may use (the `faultline run --inventory` format).
+    #[arg(long, value_name = "F")]
+    inventory: Option<PathBuf>,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
+    let file = match &args.config {
+        Some(path) => ConfigFile::load(path)?,
+        None => ConfigFile::default(),
+    };
+    let state_dir = absolute(
+        args.state_dir
+            .clone()
+            .or_else(|| file.state_dir.clone())
+            .unwrap_or_else(default_state_dir),
+    )?;
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
+    let db = match args.db.clone().or_else(|| file.db.clone()) {
+        Some(db) => db,
+        None => format!("sqlite://{}", state_dir.join("runs.db").display()),
+    };
+    let inventory = match args.inventory.as_ref().or(file.inventory.as_ref()) {
+        Some(p) => load_inventory(p)?,
+        None => Inventory::default(),
+    };
+    let mut config = ServiceConfig::new(db, state_dir);
+    config.listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or(service::config::DEFAULT_LISTEN);
+    config.inventory = inventory;
+    config.tokens = file.resolve_tokens()?;
+    config.allow = file.allow.clone();
+    config.concurrency = file.concurrency;
+    if config.tokens.is_empty() && !config.listen.ip().is_loopback() {
+        bail!(
+            "refusing to listen on {} without API tokens: add `tokens` to --config, or listen on 127.0.0.1",
+            config.listen
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let mut svc = service::start(config).await?;
+        for id in &svc.recovered {
+            eprintln!("faultline serve: run {id} was in flight when the controller stopped; marked aborted");
+        }
+        eprintln!("faultline serve: listening on {}", svc.local_addr());
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::select! {
+            r = svc.wait() => {
+                r.context("the HTTP server stopped")?;
+            }
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("faultline serve: shutting down; aborting runs in flight");
+        svc.shutdown().await;
+        Ok(exit::OK)
+    })
+}
+
+fn absolute(p: PathBuf) -> anyhow::Result<PathBuf> {
+    if p.is_absolute() {
+        return Ok(p);
+    }
+    Ok(std::env::current_dir()
+        .context("reading the current directory")?
+        .join(p))
+}
+
+fn load_inventory(path: &Path) -> anyhow::Result<Inventory> {
+    let name = path.display().to_string();
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading the inventory {name}"))?;
+    Inventory::parse(&name, &text).map_err(|report| anyhow::anyhow!("{}", report.render()))
+}
+
+/// Where the controller keeps its state when `--state-dir` is not given.
+fn default_state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(d).join("faultline");
+    }
+    if nix::unistd::Uid::effective().is_root() {
+        return PathBuf::from("/var/lib/faultline");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/state/faultline"),
+        None => std::env::temp_dir().join("faultline"),
+    }
+}
