@@ -13,10 +13,6 @@ use serde::Serialize;
 
 use crate::select::{SelectError, Selection, resolve};
 
-/// How long the baseline is measured before anything is injected, unless the
-/// hypotheses ask for a longer window.
-pub const DEFAULT_WINDOW: Duration = Duration(std::time::Duration::from_secs(10));
-
 #[derive(Debug, Clone, Serialize)]
 pub struct PlannedStep {
     pub name: String,
@@ -102,13 +98,7 @@ pub fn plan(exp: &Experiment, inv: &Inventory, seed: u64) -> Result<Plan, Vec<Se
         .map(|s| (s.end.0 - s.start.0).as_secs_f64() * s.agents.len() as f64)
         .sum();
     let lease = exp.safety.lease;
-    let baseline = exp
-        .hypotheses
-        .iter()
-        .filter_map(|h| h.window)
-        .max()
-        .unwrap_or(DEFAULT_WINDOW)
-        .max(DEFAULT_WINDOW);
+    let baseline = Duration(crate::engine::baseline(exp));
 
     Ok(Plan {
         experiment: exp.name.clone(),
@@ -132,34 +122,9 @@ pub fn plan(exp: &Experiment, inv: &Inventory, seed: u64) -> Result<Plan, Vec<Se
             .safety
             .abort_when
             .iter()
-            .map(describe_condition)
+            .map(crate::engine::describe)
             .collect(),
     })
-}
-
-fn describe_condition(h: &faultline_spec::Hypothesis) -> String {
-    let mut parts = Vec::new();
-    if let Some(t) = &h.availability {
-        parts.push(format!("availability {t}"));
-    }
-    for (name, t) in [
-        ("p50", &h.p50),
-        ("p90", &h.p90),
-        ("p99", &h.p99),
-        ("p999", &h.p999),
-    ] {
-        if let Some(t) = t {
-            parts.push(format!("{name} {t}"));
-        }
-    }
-    if let Some(t) = &h.burn_rate {
-        parts.push(format!("burn rate {t}"));
-    }
-    if let Some(t) = &h.value {
-        parts.push(format!("value {t}"));
-    }
-    let sustained = h.sustained.map(|d| format!(" for {d}")).unwrap_or_default();
-    format!("{}: {}{sustained}", h.probe, parts.join(", "))
 }
 
 const GANTT_WIDTH: usize = 48;

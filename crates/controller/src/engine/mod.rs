@@ -120,6 +120,16 @@ impl RunOptions {
     }
 }
 
+/// How long the baseline is measured: the longest window of the hypotheses
+/// (each 10 s unless it names one); nothing without hypotheses.
+pub fn baseline(exp: &Experiment) -> Duration {
+    exp.hypotheses
+        .iter()
+        .map(faultline_probe::slo::window_of)
+        .max()
+        .unwrap_or(Duration::ZERO)
+}
+
 /// A fresh run id: `run-` and 12 hex digits, valid inside agent fault ids.
 pub fn new_run_id() -> String {
     format!("run-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
@@ -246,13 +256,7 @@ impl<'a> Run<'a> {
 
         // Baseline: the SLA must hold before anything is injected.
         self.enter(Phase::Baseline);
-        let baseline = self
-            .exp
-            .hypotheses
-            .iter()
-            .map(faultline_probe::slo::window_of)
-            .max()
-            .unwrap_or(Duration::ZERO);
+        let baseline = baseline(self.exp);
         let mut monitor = Monitor::new(self.exp);
         if let Some(o) = self.wait_settled(baseline, &mut monitor).await {
             return o;
