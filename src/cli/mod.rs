@@ -156,3 +156,20 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<u8> {
     writeln!(out)?;
     Ok(exit::OK)
 }
+
+/// Where faultline keeps its state when `--state-dir` is not given: the run
+/// store of `serve`, and under `local-agent/` the in-process agent's journal
+/// (shared by `run`, `demo` and `serve`, so whichever starts next reverts what a
+/// killed one left).
+fn default_state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(d).join("faultline");
+    }
+    if nix::unistd::Uid::effective().is_root() {
+        return PathBuf::from("/var/lib/faultline");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/state/faultline"),
+        None => std::env::temp_dir().join("faultline"),
+    }
+}

@@ -59,7 +59,7 @@ pub fn load_and_plan(
     }
 }
 
-fn load_inventory(path: Option<&Path>) -> Result<Inventory, u8> {
+pub(super) fn load_inventory(path: Option<&Path>) -> Result<Inventory, u8> {
     let Some(path) = path else {
         return Ok(Inventory::default());
     };

@@ -110,7 +110,7 @@ async fn connect(
 ) -> Result<(Connector, Agents), (u8, anyhow::Error)> {
     let dir = state_dir
         .map(Path::to_path_buf)
-        .unwrap_or_else(default_state_dir);
+        .unwrap_or_else(|| super::default_state_dir().join("local-agent"));
     let connector = Connector::new(inventory, dir);
     let agents = connector.agents(exp, seed).await.map_err(|e| {
         let code = match e {
@@ -125,20 +125,6 @@ async fn connect(
         }
     }
     Ok((connector, agents))
-}
-
-/// Where the in-process agent keeps its journal when `--state-dir` is not given.
-fn default_state_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
-        return PathBuf::from(d).join("faultline/local-agent");
-    }
-    if nix::unistd::Uid::effective().is_root() {
-        return PathBuf::from("/var/lib/faultline/local-agent");
-    }
-    match std::env::var_os("HOME") {
-        Some(h) => PathBuf::from(h).join(".local/state/faultline/local-agent"),
-        None => std::env::temp_dir().join("faultline-local-agent"),
-    }
 }
 
 /// The engine reverted everything it injected; halting the in-process agent

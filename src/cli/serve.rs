@@ -2,11 +2,10 @@
 //! the controller service (HTTP API, run manager, scheduler).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use faultline_controller::service::{self, ConfigFile, ServiceConfig};
-use faultline_spec::Inventory;
 
 use super::exit;
 
@@ -46,7 +45,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
         args.state_dir
             .clone()
             .or_else(|| file.state_dir.clone())
-            .unwrap_or_else(default_state_dir),
+            .unwrap_or_else(super::default_state_dir),
     )?;
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
@@ -54,9 +53,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
         Some(db) => db,
         None => format!("sqlite://{}", state_dir.join("runs.db").display()),
     };
-    let inventory = match args.inventory.as_ref().or(file.inventory.as_ref()) {
-        Some(p) => load_inventory(p)?,
-        None => Inventory::default(),
+    let inventory = match super::plan::load_inventory(
+        args.inventory.as_deref().or(file.inventory.as_deref()),
+    ) {
+        Ok(inv) => inv,
+        Err(code) => return Ok(code),
     };
     let mut config = ServiceConfig::new(db, state_dir);
     config.listen = args
@@ -105,25 +106,4 @@ fn absolute(p: PathBuf) -> anyhow::Result<PathBuf> {
     Ok(std::env::current_dir()
         .context("reading the current directory")?
         .join(p))
-}
-
-fn load_inventory(path: &Path) -> anyhow::Result<Inventory> {
-    let name = path.display().to_string();
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading the inventory {name}"))?;
-    Inventory::parse(&name, &text).map_err(|report| anyhow::anyhow!("{}", report.render()))
-}
-
-/// Where the controller keeps its state when `--state-dir` is not given.
-fn default_state_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
-        return PathBuf::from(d).join("faultline");
-    }
-    if nix::unistd::Uid::effective().is_root() {
-        return PathBuf::from("/var/lib/faultline");
-    }
-    match std::env::var_os("HOME") {
-        Some(h) => PathBuf::from(h).join(".local/state/faultline"),
-        None => std::env::temp_dir().join("faultline"),
-    }
 }
