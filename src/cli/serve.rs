@@ -34,6 +34,12 @@ pub struct ServeArgs {
     /// Agents runs may use (the `faultline run --inventory` format).
     #[arg(long, value_name = "F")]
     inventory: Option<PathBuf>,
+    /// PEM certificate chain: serve HTTPS (needs --tls-key).
+    #[arg(long, value_name = "F", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "F", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
@@ -68,6 +74,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
     config.tokens = file.resolve_tokens()?;
     config.allow = file.allow.clone();
     config.concurrency = file.concurrency;
+    config.tls = match (
+        args.tls_cert.clone().or_else(|| file.tls_cert.clone()),
+        args.tls_key.clone().or_else(|| file.tls_key.clone()),
+    ) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => bail!("TLS needs both a certificate and a key (tls_cert and tls_key)"),
+    };
     if config.tokens.is_empty() && !config.listen.ip().is_loopback() {
         bail!(
             "refusing to listen on {} without API tokens: add `tokens` to --config, or listen on 127.0.0.1",

@@ -134,27 +134,11 @@ async fn http_transport() {
     agent.shutdown().await;
 }
 
-/// A private CA and a certificate for 127.0.0.1 signed by it (openssl CLI).
-fn make_certs(dir: &std::path::Path) {
-    let script = r#"set -e
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.pem -days 1 -subj /CN=faultline-test-ca 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout key.pem -out req.csr -subj /CN=127.0.0.1 2>/dev/null
-printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > ext.cnf
-openssl x509 -req -in req.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out cert.pem -days 1 -extfile ext.cnf 2>/dev/null
-"#;
-    let status = std::process::Command::new("bash")
-        .args(["-c", script])
-        .current_dir(dir)
-        .status()
-        .expect("run openssl (install it: scripts/setup.sh)");
-    assert!(status.success(), "openssl could not make test certificates");
-}
-
 #[tokio::test]
 async fn https_transport_with_a_private_ca() {
     let state = tempfile::tempdir().expect("tempdir");
     let certs = tempfile::tempdir().expect("tempdir");
-    make_certs(certs.path());
+    faultline_testkit::private_ca(certs.path());
     let agent = faultline_agent::start(faultline_agent::AgentConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         token: faultline_agent::Token::new(Some(TOKEN.into())),

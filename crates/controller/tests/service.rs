@@ -866,6 +866,60 @@ mod postgres {
 /// schemathesis (PyPI) generates requests from the OpenAPI document and checks
 /// that none answers 5xx. Its virtualenv is made by `./scripts/setup.sh`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_is_served_over_tls_with_a_private_ca() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    faultline_testkit::private_ca(certs.path());
+    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    let mut f = fixture_with(Backend::Sqlite, |c| c.tls = Some((cert, key))).await;
+    let addr = f.svc.as_ref().expect("service").local_addr();
+    let ca = reqwest::Certificate::from_pem(
+        &std::fs::read(certs.path().join("ca.pem")).expect("ca.pem"),
+    )
+    .expect("CA");
+    let https = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let resp = https
+        .get(format!("https://{addr}/v1/runs"))
+        .bearer_auth(VIEWER)
+        .send()
+        .await
+        .expect("HTTPS answers");
+    assert_eq!(resp.status(), 200);
+    // Plain HTTP to the TLS listener gets no API answer.
+    let plain = f
+        .http
+        .get(format!("http://{addr}/v1/runs"))
+        .bearer_auth(VIEWER)
+        .send()
+        .await;
+    assert!(plain.is_err() || plain.is_ok_and(|r| r.status() != 200));
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_bad_certificate_is_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("nope.pem");
+    let mut c = config(
+        &format!("sqlite://{}/runs.db", dir.path().display()),
+        dir.path(),
+    );
+    c.tls = Some((missing.clone(), missing));
+    let err = service::start(c).await.expect_err("refused");
+    assert!(
+        err.to_string().starts_with("TLS: cannot read certificates"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("runs.db").exists(),
+        "the store was opened anyway"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_no_server_error() {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)

@@ -43,3 +43,21 @@ pub fn eventually_blocking(within: Duration, mut check: impl FnMut() -> bool) ->
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Writes a private CA (`ca.pem`) and a certificate for 127.0.0.1 signed by it
+/// (`cert.pem`, `key.pem`) into `dir`, with the openssl CLI (scripts/setup.sh
+/// installs it).
+pub fn private_ca(dir: &std::path::Path) {
+    let script = r#"set -e
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.pem -days 1 -subj /CN=faultline-test-ca 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout key.pem -out req.csr -subj /CN=127.0.0.1 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > ext.cnf
+openssl x509 -req -in req.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out cert.pem -days 1 -extfile ext.cnf 2>/dev/null
+"#;
+    let status = std::process::Command::new("bash")
+        .args(["-c", script])
+        .current_dir(dir)
+        .status()
+        .expect("run openssl (install it: scripts/setup.sh)");
+    assert!(status.success(), "openssl could not make test certificates");
+}

@@ -42,6 +42,9 @@ pub struct ConfigFile {
     pub allow: AllowList,
     #[serde(default)]
     pub concurrency: ConcurrencyPolicy,
+    /// PEM certificate chain and key: serve HTTPS (rustls) instead of HTTP.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl ConfigFile {
@@ -178,6 +181,8 @@ pub struct ServiceConfig {
     pub tuning: RunTuning,
     /// How long a shutdown waits for aborted runs to revert and finish.
     pub shutdown_grace: Duration,
+    /// PEM certificate chain and key: HTTPS (rustls, ring) instead of HTTP.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl ServiceConfig {
@@ -193,6 +198,7 @@ impl ServiceConfig {
             concurrency: ConcurrencyPolicy::default(),
             tuning: RunTuning::default(),
             shutdown_grace: Duration::from_secs(30),
+            tls: None,
         }
     }
 }

@@ -60,6 +60,8 @@ pub enum ServiceError {
     },
     #[error("the HTTP server failed: {0}")]
     Server(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// The running service.
@@ -82,6 +84,14 @@ pub async fn start(config: ServiceConfig) -> Result<Service, ServiceError> {
     if config.tokens.is_empty() && !config.listen.ip().is_loopback() {
         return Err(ServiceError::Insecure(config.listen));
     }
+    // Certificates are read before anything else starts: a bad one is a
+    // configuration error, not a half-started service.
+    let tls = match &config.tls {
+        Some((cert, key)) => {
+            Some(faultline_agent::tls::server_config(cert, key).map_err(ServiceError::Tls)?)
+        }
+        None => None,
+    };
     let store = store::open(&config.db).await?;
     let recovered = store.abort_in_flight(RESTART_REASON).await?;
     for id in &recovered {
@@ -137,14 +147,31 @@ pub async fn start(config: ServiceConfig) -> Result<Service, ServiceError> {
             source,
         })?;
     let mut stopped = stop_rx;
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.wait_for(|s| *s).await;
+    let until_stopped = async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    let server = match tls {
+        Some(tls) => {
+            let listener =
+                faultline_agent::tls::TlsListener::new(listener, tls).map_err(|source| {
+                    ServiceError::Listen {
+                        addr: config.listen,
+                        source,
+                    }
+                })?;
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(until_stopped)
+                    .await
             })
-            .await
-    });
-    tracing::info!(addr = %local_addr, store = store.backend(), "controller listening");
+        }
+        None => tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(until_stopped)
+                .await
+        }),
+    };
+    tracing::info!(addr = %local_addr, store = store.backend(), tls = config.tls.is_some(), "controller listening");
     Ok(Service {
         local_addr,
         manager,
