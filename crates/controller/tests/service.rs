@@ -870,7 +870,7 @@ async fn the_api_is_served_over_tls_with_a_private_ca() {
     let certs = tempfile::tempdir().expect("tempdir");
     faultline_testkit::private_ca(certs.path());
     let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
-    let mut f = fixture_with(Backend::Sqlite, |c| c.tls = Some((cert, key))).await;
+    let f = fixture_with(Backend::Sqlite, |c| c.tls = Some((cert, key))).await;
     let addr = f.svc.as_ref().expect("service").local_addr();
     let ca = reqwest::Certificate::from_pem(
         &std::fs::read(certs.path().join("ca.pem")).expect("ca.pem"),
