@@ -86,7 +86,7 @@ impl Fault for DbLockFault {
             Observation {
                 figures,
                 active: s.holding,
-                detail: format!("session `{}`: {s:?}", self.session_name()),
+                detail: format!("session `{}`: {s}", self.session_name()),
             }
         })
     }

@@ -87,6 +87,29 @@ pub struct LockStatus {
     pub last_error: Option<String>,
 }
 
+impl std::fmt::Display for LockStatus {
+    /// `holding the lock (stall 3), blocking 4 sessions, longest wait 1.8s`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.holding {
+            write!(f, "holding the lock (stall {})", self.stalls)?;
+        } else {
+            write!(f, "between stalls ({} so far)", self.stalls)?;
+        }
+        if let Some(b) = &self.blocked {
+            write!(
+                f,
+                ", blocking {} session(s), longest wait {:.1}s",
+                b.waiting,
+                b.longest_wait.as_secs_f64()
+            )?;
+        }
+        if let Some(e) = &self.last_error {
+            write!(f, "; last stall failed: {e}")?;
+        }
+        Ok(())
+    }
+}
+
 /// How the fault's lock is taken: resolved once from the spec.
 #[derive(Debug, Clone)]
 pub(crate) struct LockPlan {
