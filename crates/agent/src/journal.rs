@@ -61,6 +61,12 @@ pub struct Loaded {
 #[derive(Debug)]
 pub struct Journal {
     dir: PathBuf,
+    /// An exclusive lock on `<state_dir>/journal.lock`, held for the journal's
+    /// life: two owners of one journal (two agents, or `faultline run` beside
+    /// `faultline serve` on one state directory) would each revert the other's
+    /// active faults as "left by a crash" when they start. The kernel drops it
+    /// when the process dies, so kill -9 never leaves a stale lock.
+    _lock: nix::fcntl::Flock<File>,
 }
 
 impl Journal {
@@ -68,7 +74,44 @@ impl Journal {
     pub fn open(state_dir: &Path) -> Result<Self, JournalError> {
         let dir = state_dir.join("journal");
         fs::create_dir_all(&dir).map_err(err(&dir))?;
-        Ok(Self { dir })
+        let lock_path = state_dir.join("journal.lock");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(err(&lock_path))?;
+        let mut lock = match nix::fcntl::Flock::lock(
+            file,
+            nix::fcntl::FlockArg::LockExclusiveNonblock,
+        ) {
+            Ok(l) => l,
+            Err((_, errno)) => {
+                let holder = fs::read_to_string(&lock_path).unwrap_or_default();
+                let holder = holder.trim();
+                let reason = if errno == nix::errno::Errno::EWOULDBLOCK {
+                    format!(
+                        "in use by another faultline process{}; give each agent its own state directory",
+                        if holder.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (pid {holder})")
+                        }
+                    )
+                } else {
+                    format!("cannot lock: {errno}")
+                };
+                return Err(JournalError {
+                    path: lock_path,
+                    source: std::io::Error::other(reason),
+                });
+            }
+        };
+        // Who holds it, for the next one's error message.
+        let _ = lock.set_len(0);
+        let _ = writeln!(&mut *lock, "{}", std::process::id());
+        Ok(Self { dir, _lock: lock })
     }
 
     pub fn dir(&self) -> &Path {
@@ -159,6 +202,21 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_journal_has_one_owner_at_a_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = Journal::open(dir.path()).expect("first owner");
+        let err = Journal::open(dir.path()).expect_err("second owner refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("in use by another faultline process")
+                && text.contains(&format!("pid {}", std::process::id())),
+            "{text}"
+        );
+        drop(first);
+        Journal::open(dir.path()).expect("free again once the owner is gone");
+    }
 
     fn entry(id: &str) -> Entry {
         Entry {
