@@ -784,6 +784,90 @@ async fn a_schedule_fires_and_its_run_appears(backend: Backend) {
     f.shutdown().await;
 }
 
+/// `overlap: replace`: the next fire aborts the schedule's run still going (its
+/// faults reverted) and starts a fresh one.
+async fn a_replacing_schedule_aborts_the_run_still_going(backend: Backend) {
+    let f = fixture(backend).await;
+    let (server, addr) = Child::http_server();
+    // Far longer than the schedule's period: every run is still going at the next fire.
+    let yaml = pause_yaml(addr, server.pid(), "60s");
+    let (code, exp) = f
+        .call(
+            "POST",
+            "/v1/experiments",
+            Some(ADMIN),
+            Some(json!({ "yaml": yaml })),
+        )
+        .await;
+    assert_eq!(code, 201, "{exp}");
+    let (code, sch) = f
+        .call(
+            "POST",
+            "/v1/schedules",
+            Some(ADMIN),
+            Some(json!({
+                "name": "replace-me",
+                "experiment_id": exp["id"],
+                "cron": "*/3 * * * * *",
+                "time_zone": "UTC",
+                "overlap": "replace",
+            })),
+        )
+        .await;
+    assert_eq!(code, 201, "{sch}");
+    let sch_id = sch["id"].as_str().expect("id").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let runs = loop {
+        let (_, runs) = f
+            .call(
+                "GET",
+                &format!("/v1/runs?schedule_id={sch_id}"),
+                Some(VIEWER),
+                None,
+            )
+            .await;
+        let runs = runs.as_array().cloned().unwrap_or_default();
+        if runs.len() >= 2 {
+            break runs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no second fire within 20 s: {runs:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (code, _) = f
+        .call(
+            "DELETE",
+            &format!("/v1/schedules/{sch_id}"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(code, 204);
+    // Newest first: the older run was replaced.
+    let first = runs.last().expect("first run")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let replaced = f.until_final(&first, Duration::from_secs(20)).await;
+    assert_eq!(replaced["status"], "aborted", "{replaced:#}");
+    assert!(
+        replaced["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("replaced by the next fire of schedule `replace-me`"),
+        "{replaced:#}"
+    );
+    let (code, _) = f.call("POST", "/v1/halt", Some(ADMIN), None).await;
+    assert_eq!(code, 200);
+    assert!(
+        faultline_testkit::eventually(Duration::from_secs(10), async || !server.is_stopped()).await,
+        "the server was left paused"
+    );
+    f.shutdown().await;
+}
+
 async fn a_restart_leaves_no_run_running(backend: Backend) {
     let f = fixture(backend).await;
     // What a controller killed mid-run leaves in the store.
@@ -839,6 +923,10 @@ async fn a_restart_leaves_no_run_running(backend: Backend) {
 
 mod sqlite {
     use super::*;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_replacing_schedule_aborts_the_run_still_going() {
+        super::a_replacing_schedule_aborts_the_run_still_going(Backend::Sqlite).await;
+    }
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_schedule_fires_and_its_run_appears() {
         super::a_schedule_fires_and_its_run_appears(Backend::Sqlite).await;

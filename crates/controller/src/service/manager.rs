@@ -385,6 +385,7 @@ impl Manager {
                             exit_code: None,
                             summary: json!({ "status": "error", "reason": reason }),
                             journal: None,
+                            reason: Some(reason.to_string()),
                         },
                     )
                     .await;
@@ -434,6 +435,7 @@ impl Manager {
                     exit_code: (status == RunStatus::Invalid).then_some(2),
                     summary: json!({ "status": status.as_str(), "reason": reason }),
                     journal: None,
+                    reason: Some(reason.to_string()),
                 }
             }
             Ok(agents) => {
@@ -573,6 +575,7 @@ impl Manager {
                 exit_code: Some(3),
                 summary: json!({ "status": "aborted", "exit_code": 3, "reason": reason }),
                 journal: None,
+                reason: Some(reason.to_string()),
             },
         )
         .await;
@@ -736,5 +739,6 @@ fn finish_of(j: &Journal) -> RunFinish {
         exit_code: Some(j.exit_code),
         summary,
         journal: serde_json::to_value(j).ok(),
+        reason: j.reason.clone(),
     }
 }

@@ -247,6 +247,8 @@ pub struct RunFinish {
     pub exit_code: Option<i32>,
     pub summary: Value,
     pub journal: Option<Value>,
+    /// Why it did not pass (the journal's reason); `None` when it passed.
+    pub reason: Option<String>,
 }
 
 /// Which runs [`RunStore::list_runs`] returns, newest first.

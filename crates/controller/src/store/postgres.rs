@@ -624,7 +624,7 @@ impl RunStore for PostgresStore {
                 &tx,
                 &format!(
                     "UPDATE runs SET status = $2, exit_code = $3, summary = $4, journal = $5,
-                         finished_at = $6
+                         finished_at = $6, reason = $7
                      WHERE id = $1 AND status IN ('queued', 'running') RETURNING {RUN_COLS}"
                 ),
                 &[
@@ -634,6 +634,7 @@ impl RunStore for PostgresStore {
                     &f.summary,
                     &f.journal,
                     &now(),
+                    &f.reason,
                 ],
                 run,
             )

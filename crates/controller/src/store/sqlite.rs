@@ -544,7 +544,7 @@ impl RunStore for SqliteStore {
             let tx = immediate(conn)?;
             let n = tx.execute(
                 "UPDATE runs SET status = ?2, exit_code = ?3, summary = ?4, journal = ?5,
-                     finished_at = ?6
+                     finished_at = ?6, reason = ?7
                  WHERE id = ?1 AND status IN ('queued', 'running')",
                 params![
                     id,
@@ -552,7 +552,8 @@ impl RunStore for SqliteStore {
                     f.exit_code,
                     json(&f.summary),
                     f.journal.as_ref().map(json),
-                    ts(now())
+                    ts(now()),
+                    f.reason
                 ],
             )?;
             if n == 0 {

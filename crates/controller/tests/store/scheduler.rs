@@ -66,6 +66,7 @@ fn trigger(
                             exit_code: Some(0),
                             summary: json!({}),
                             journal: None,
+                            reason: None,
                         },
                     )
                     .await

@@ -55,6 +55,7 @@ fn finish(status: RunStatus, code: i32) -> RunFinish {
         exit_code: Some(code),
         summary: json!({ "hypotheses": [{ "probe": "api", "held": code == 0 }] }),
         journal: Some(json!({ "steps": [{ "name": "lose-gpus", "reverted": true }] })),
+        reason: (code != 0).then(|| format!("exit {code}")),
     }
 }
 
@@ -169,6 +170,11 @@ pub async fn run_lifecycle_and_transitions(fx: Fixture) {
     assert_eq!(done.exit_code, Some(1));
     assert_eq!(done.summary, finish(RunStatus::Failed, 1).summary);
     assert_eq!(done.journal, finish(RunStatus::Failed, 1).journal);
+    assert_eq!(
+        done.reason.as_deref(),
+        Some("exit 1"),
+        "the reason is stored"
+    );
     assert!(done.finished_at.expect("finished_at stamped") >= started);
     assert_eq!(fx.store.get_run(&run.id).await.unwrap(), Some(done));
 
