@@ -92,6 +92,27 @@ impl Fault for ProcessPauseFault {
                     });
                 }
             }
+            // SIGSTOP is delivered asynchronously: return once the targets are seen
+            // stopped, so whoever injected it (the engine, an event, a test) can rely
+            // on it. A target in uninterruptible sleep stops when it leaves it; that
+            // may take longer than this bounded wait, which then only warns.
+            let deadline = Instant::now() + Duration::from_millis(500);
+            loop {
+                let running: Vec<i32> = self
+                    .procs
+                    .iter()
+                    .filter(|p| p.state().is_some_and(|s| s != 'T' && s != 't'))
+                    .map(|p| p.pid)
+                    .collect();
+                if running.is_empty() {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    tracing::warn!(pids = ?running, "SIGSTOP sent, not yet stopped");
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
             tracing::info!(pids = ?self.procs.iter().map(|p| p.pid).collect::<Vec<_>>(), "paused");
             Ok(())
         })
