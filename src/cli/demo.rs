@@ -28,6 +28,10 @@ pub struct DemoArgs {
     /// Run this experiment against the demo target instead of the quickstart.
     #[arg(long, value_name = "FILE")]
     experiment: Option<PathBuf>,
+    /// Bind free ports instead of 127.0.0.1:18080/18081, and point the
+    /// experiment's probes and faults at them (for tests and busy machines).
+    #[arg(long)]
+    any_port: bool,
     #[command(flatten)]
     out: OutputArgs,
 }
@@ -37,7 +41,7 @@ pub fn run(mut args: DemoArgs) -> anyhow::Result<u8> {
         Some(path) => faultline_spec::load_file(path),
         None => faultline_spec::validate::load(QUICKSTART_PATH, QUICKSTART),
     };
-    let Some(exp) = loaded.experiment else {
+    let Some(mut exp) = loaded.experiment else {
         eprint!("{}", loaded.report.render());
         return Ok(exit::INVALID);
     };
@@ -51,11 +55,15 @@ pub fn run(mut args: DemoArgs) -> anyhow::Result<u8> {
         .report
         .get_or_insert_with(|| std::env::temp_dir().join("faultline-demo/report"))
         .clone();
-    let config = if args.broken {
+    let mut config = if args.broken {
         DemoConfig::fragile()
     } else {
         DemoConfig::default()
     };
+    if args.any_port {
+        config.gateway.set_port(0);
+        config.service.set_port(0);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -68,6 +76,7 @@ pub fn run(mut args: DemoArgs) -> anyhow::Result<u8> {
                 return Ok(exit::INVALID);
             }
         };
+        retarget(&mut exp, &demo);
         eprintln!(
             "faultline demo: completion API at http://{}/v1/complete (gateway) -> {} (service){}",
             demo.gateway_addr(),
@@ -88,6 +97,49 @@ pub fn run(mut args: DemoArgs) -> anyhow::Result<u8> {
         );
         Ok(code)
     })
+}
+
+/// Points what the experiment aims at the demo's default addresses at the ones it
+/// bound (the same unless `--any-port`): probe URLs and addresses, and the
+/// `port`, `listen` and `upstream` of connection and HTTP faults.
+fn retarget(exp: &mut faultline_spec::Experiment, demo: &Demo) {
+    use faultline_spec::{FaultSpec, Probe};
+    let map = [
+        (faultline_demo::DEFAULT_GATEWAY_ADDR, demo.gateway_addr()),
+        (faultline_demo::DEFAULT_SERVICE_ADDR, demo.service_addr()),
+    ];
+    let addr = |s: &mut String| {
+        for (from, to) in map {
+            *s = s.replace(&from.to_string(), &to.to_string());
+        }
+    };
+    let port = |p: &mut Option<u16>| {
+        for (from, to) in map {
+            if *p == Some(from.port()) {
+                *p = Some(to.port());
+                break;
+            }
+        }
+    };
+    for probe in exp.probes.values_mut() {
+        match probe {
+            Probe::Http(h) => addr(&mut h.url),
+            Probe::Tcp(t) => addr(&mut t.address),
+            _ => {}
+        }
+    }
+    for step in &mut exp.method {
+        let (listen, upstream, p) = match &mut step.fault {
+            FaultSpec::NetworkLatency(f) => (&mut f.listen, &mut f.upstream, &mut f.port),
+            FaultSpec::NetworkDrop(f) => (&mut f.listen, &mut f.upstream, &mut f.port),
+            FaultSpec::NetworkBandwidth(f) => (&mut f.listen, &mut f.upstream, &mut f.port),
+            FaultSpec::HttpError(f) => (&mut f.listen, &mut f.upstream, &mut f.port),
+            FaultSpec::HttpDelay(f) => (&mut f.listen, &mut f.upstream, &mut f.port),
+            _ => continue,
+        };
+        listen.iter_mut().chain(upstream.iter_mut()).for_each(addr);
+        port(p);
+    }
 }
 
 /// The quickstart's network and gateway faults attach transparently to the

@@ -1,7 +1,8 @@
 //! `faultline demo`: the README's first command. On this machine (root, nftables
 //! from scripts/setup.sh) the quickstart game day passes against the embedded
 //! target and exits 0; `--break` runs it against the fragile build and exits 1.
-//! One test, run in order: both use the demo's fixed ports.
+//! One test, run in order: both use the demo's database file; `--any-port` keeps
+//! them off the fixed ports a developer's own demo may hold.
 
 use crate::faultline;
 
@@ -9,7 +10,7 @@ use crate::faultline;
 fn demo_passes_and_demo_break_fails_the_gate() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = faultline()
-        .args(["demo", "--quiet", "--state-dir"])
+        .args(["demo", "--any-port", "--quiet", "--state-dir"])
         .arg(dir.path().join("state"))
         .arg("--report")
         .arg(dir.path().join("report"))
@@ -35,7 +36,7 @@ fn demo_passes_and_demo_break_fails_the_gate() {
     assert!(dir.path().join("report/index.html").exists());
 
     let out = faultline()
-        .args(["demo", "--break", "--quiet", "--state-dir"])
+        .args(["demo", "--break", "--any-port", "--quiet", "--state-dir"])
         .arg(dir.path().join("state"))
         .arg("--output")
         .arg("json")

@@ -334,7 +334,7 @@ async fn a_lock_held_past_the_busy_timeout_is_a_503() {
 async fn fragile_mode_fails_at_once_under_the_same_lock() {
     let fragile = DemoConfig::fragile();
     assert_eq!(fragile.busy_timeout, Duration::ZERO);
-    assert_eq!(fragile.concurrency, 8);
+    assert_eq!(fragile.concurrency, 16);
     let f = start(fragile).await;
     let http = client();
     // Fault-free, it works.
