@@ -10,6 +10,17 @@
 //! so the proxy must listen there or on 0.0.0.0); the `output` hook catches
 //! local clients (rewritten to 127.0.0.1). The proxy's own upstream traffic is
 //! excluded by socket mark ([`crate::ServerOptions::upstream_mark`]).
+//!
+//! Ending a redirect without breaking the connections it already redirected:
+//! [`Redirect::stop_redirecting`] flushes the table's rules but keeps the table
+//! and its `nat` chains. Conntrack keeps each redirected connection's NAT
+//! binding, and the kernel keeps its NAT hooks registered while any `nat`
+//! chain of the family exists in the namespace, so established connections
+//! keep being translated both ways (the proxy's replies, FINs and RSTs still
+//! reach their clients) while new connections go straight to the service.
+//! Deleting the last `nat` chain unregisters the hooks: packets of connections
+//! still open are then no longer translated, and their clients hang. So: stop
+//! redirecting, drain the proxy ([`crate::Proxy::drain`]), then revert.
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -188,6 +199,23 @@ impl Redirect {
     /// Whether the table exists now.
     pub fn is_installed(&self) -> Result<bool, ProxyError> {
         table_exists(self.netns.as_deref(), &self.table)
+    }
+
+    /// Stops redirecting new connections, keeping the table and its chains so
+    /// that connections already redirected keep being translated (see the
+    /// module notes). [`Redirect::revert`] deletes the table afterwards.
+    pub fn stop_redirecting(&self) -> Result<(), ProxyError> {
+        nft(
+            self.netns.as_deref(),
+            &["flush", "table", "inet", &self.table],
+            None,
+        )
+        .map_err(|detail| ProxyError::Nft {
+            what: "flush redirect table",
+            detail,
+        })?;
+        tracing::info!(table = %self.table, "transparent redirect stopped for new connections");
+        Ok(())
     }
 
     /// Deletes the table; idempotent (a missing table is success), verified.
