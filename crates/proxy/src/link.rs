@@ -55,6 +55,13 @@ pub const DRAIN_QUIET: Duration = Duration::from_millis(50);
 /// How often a draining connection looks at its activity.
 const DRAIN_TICK: Duration = Duration::from_millis(10);
 
+/// In the second half of a drain, a connection that never stays quiet for
+/// [`DRAIN_QUIET`] (a keep-alive connection reused at once) is closed after a
+/// shorter quiet, looked at more often: right after a response beats a reset
+/// at the deadline, which would fail the request in flight for certain.
+const DRAIN_QUIET_LATE: Duration = Duration::from_millis(5);
+const DRAIN_TICK_LATE: Duration = Duration::from_millis(1);
+
 /// Drain states of a proxy ([`ProxyShared::drain`]).
 pub(crate) const DRAIN_NONE: u8 = 0;
 /// Toxics removed; data they held is released at once.
@@ -112,6 +119,8 @@ pub(crate) struct ProxyShared {
     pub(crate) live: AtomicUsize,
     /// Notified when `live` drops to zero.
     pub(crate) none_live: Notify,
+    /// The running drain's span (start to deadline), in ms.
+    pub(crate) drain_span_ms: AtomicU64,
     /// Connections a drain closed gracefully / reset at its deadline.
     pub(crate) drained_closed: AtomicUsize,
     pub(crate) drained_reset: AtomicUsize,
@@ -238,6 +247,7 @@ pub(crate) async fn serve_connection(
         }
         if shared.drain_state() == DRAIN_RESET {
             set_reset(&client);
+            shared.drained_reset.fetch_add(1, Ordering::Relaxed);
             return;
         }
         tokio::select! {
@@ -273,9 +283,12 @@ pub(crate) async fn serve_connection(
     // tick with the instant it was first seen.
     let mut tick: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let mut quiet_since = (u64::MAX, Instant::now());
+    let mut late_at = Instant::now();
     while !(up_done && down_done) {
         if tick.is_none() && shared.drain_state() >= DRAIN_CLOSE {
             tick = Some(Box::pin(tokio::time::sleep(Duration::ZERO)));
+            let span = Duration::from_millis(shared.drain_span_ms.load(Ordering::Relaxed));
+            late_at = Instant::now() + span / 2;
         }
         // Directions first: data that woke the task with the tick counts.
         let end = tokio::select! {
@@ -299,16 +312,21 @@ pub(crate) async fn serve_connection(
                     quiet_since = (sample, now);
                 }
                 let parked = |i: usize, done: bool| done || activity.parked[i].load(Ordering::Relaxed);
+                let (quiet, every) = if now >= late_at {
+                    (DRAIN_QUIET_LATE, DRAIN_TICK_LATE)
+                } else {
+                    (DRAIN_QUIET, DRAIN_TICK)
+                };
                 let idle = parked(0, up_done)
                     && parked(1, down_done)
                     && !Activity::last_was_upstream(sample)
-                    && now.duration_since(quiet_since.1) >= DRAIN_QUIET;
+                    && now.duration_since(quiet_since.1) >= quiet;
                 if idle {
                     close_gracefully(&client, &server, &shared, &killed, &mut wake).await;
                     return;
                 }
                 if let Some(t) = tick.as_mut() {
-                    t.as_mut().reset((now + DRAIN_TICK).into());
+                    t.as_mut().reset((now + every).into());
                 }
                 DirEnd::Eof
             }

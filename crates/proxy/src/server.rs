@@ -210,6 +210,7 @@ impl ProxyServer {
                     drain: AtomicU8::new(DRAIN_NONE),
                     live: AtomicUsize::new(0),
                     none_live: tokio::sync::Notify::new(),
+                    drain_span_ms: AtomicU64::new(0),
                     drained_closed: AtomicUsize::new(0),
                     drained_reset: AtomicUsize::new(0),
                 }),
@@ -652,7 +653,8 @@ impl Proxy {
     /// (FIN to both peers, then their FINs awaited) once idle, that is both
     /// directions wait for data with nothing held, the last bytes went
     /// downstream (a response, not a request awaiting one) and nothing moved
-    /// for [`crate::DRAIN_QUIET`]. Whatever is still open at the deadline
+    /// for [`crate::DRAIN_QUIET`] (5 ms in the second half of the drain, for
+    /// keep-alive connections reused at once). Whatever is still open at the deadline
     /// is reset (RST both ways). Begins the drain if [`Proxy::begin_drain`] was
     /// not called. The listener keeps accepting (connections already redirected
     /// to it are served and drained too); stop the proxy afterwards.
@@ -663,6 +665,11 @@ impl Proxy {
         }
         let closed_before = shared.drained_closed.load(Ordering::Relaxed);
         let reset_before = shared.drained_reset.load(Ordering::Relaxed);
+        let span = deadline.saturating_duration_since(std::time::Instant::now());
+        shared.drain_span_ms.store(
+            u64::try_from(span.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         shared.drain.store(DRAIN_CLOSE, Ordering::Release);
         shared.wake_connections();
         let mut drained = self.none_live(deadline.into()).await;
