@@ -16,9 +16,16 @@
 //! Connections established before the redirect keep going straight to the
 //! service until the client reconnects.
 //!
-//! Revert deletes the table first, then stops the proxy (closing its listener
-//! and connections). A killed agent takes the proxy with it, so recovery has the
-//! table to delete and the listener to find gone.
+//! Revert in transparent mode drains first, as `network::proxied` does: the
+//! faults go (requests a delay holds are forwarded at once), the table's rules
+//! go (new connections reach the service directly; the table's `nat` chains
+//! keep redirected connections translated), and each client connection is
+//! shut down gracefully (closed when idle, or after its response in flight,
+//! sent with `connection: close`) within [`TRANSPARENT_DRAIN`]; connections
+//! still open then are reset (`ss -K`). Then the table is deleted and the proxy
+//! stopped (closing its listener and connections). A killed agent takes the
+//! proxy with it, so recovery has the table to delete and the listener to find
+//! gone.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -28,7 +35,7 @@ use faultline_proxy::transparent::{Redirect, RedirectSpec, revert_table, table_e
 use faultline_spec::fault::{HttpDelay, HttpError};
 use serde::{Deserialize, Serialize};
 
-use crate::network::proxied::{TRANSPARENT_MARK, redirect_table};
+use crate::network::proxied::{TRANSPARENT_DRAIN, TRANSPARENT_MARK, redirect_table};
 use crate::{BoxFuture, Fault, InjectError, Observation, RevertError};
 
 /// What the journal keeps: where the proxy listened and the redirect's table.
@@ -223,6 +230,24 @@ impl HttpGatewayFault {
     }
 }
 
+/// Transparent revert, before the table goes: the faults, then the redirect of
+/// new connections, then the connections already redirected, gracefully while
+/// their packets are still translated.
+async fn drain(kind: &'static str, redirect: &Redirect, proxy: &HttpProxy) {
+    let deadline = std::time::Instant::now() + TRANSPARENT_DRAIN;
+    let port = proxy.local_addr().port();
+    proxy.begin_drain();
+    if let Err(e) = redirect.stop_redirecting() {
+        // Still redirecting: a connection closed now could come straight back.
+        tracing::warn!(kind, error = %e, "cannot stop the redirect; resetting its connections");
+        crate::network::ss::cut_redirected(kind, port).await;
+        return;
+    }
+    if proxy.drain(deadline).await > 0 {
+        crate::network::ss::cut_redirected(kind, port).await;
+    }
+}
+
 impl Fault for HttpGatewayFault {
     fn kind(&self) -> &'static str {
         self.kind
@@ -287,13 +312,8 @@ impl Fault for HttpGatewayFault {
 
     fn revert(&mut self) -> BoxFuture<'_, Result<(), RevertError>> {
         Box::pin(async move {
-            // Connections already redirected into the proxy are reset while the
-            // redirect still translates their packets (see `cut_redirected`).
-            if let (Some(_), Some(port)) = (
-                &self.redirect,
-                self.proxy.as_ref().map(|p| p.local_addr().port()),
-            ) {
-                crate::network::ss::cut_redirected(self.kind, port).await;
+            if let (Some(redirect), Some(proxy)) = (&self.redirect, &self.proxy) {
+                drain(self.kind, redirect, proxy).await;
             }
             // The redirect first: traffic must not be sent to a proxy that is gone.
             let redirect = match (self.redirect.as_mut(), &self.table) {

@@ -1077,3 +1077,253 @@ async fn http_delay_transparent_mode_captures_a_port() {
     let id = format!("tp-http-delay-{}", case.ns.name);
     assert_fault_compliance(&id, &mut case).await;
 }
+
+// === transparent revert: requests in flight drain instead of failing ===
+
+/// Keep-alive HTTP clients inside the namespace: `threads` threads, each
+/// sending sequential requests on one connection with a think time between
+/// them, for `seconds`. Before each request a client checks its connection as
+/// HTTP clients do: closed by the server (EOF) means reconnect; reset is
+/// counted. Prints one JSON summary.
+const KEEP_ALIVE_CLIENT: &str = r#"
+import json, select, socket, sys, threading, time
+host, port, threads, seconds, think = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+lock = threading.Lock()
+out = {"ok": 0, "slow": 0, "fast_late": 0, "eof": 0, "reset": 0, "failures": []}
+start = time.monotonic()
+def count(k, v=1):
+    with lock:
+        out[k] += v
+def connect():
+    s = socket.create_connection((host, port), timeout=3)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+def response(s):
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(4096)
+        if not chunk:
+            raise IOError("EOF before the response head")
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    status = int(head.split()[1])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        k, _, v = line.partition(b":")
+        if k.strip().lower() == b"content-length":
+            length = int(v)
+    while len(body) < length:
+        chunk = s.recv(4096)
+        if not chunk:
+            raise IOError("EOF in the body")
+        body += chunk
+    return status
+def run(t):
+    s = connect()
+    n = 0
+    while time.monotonic() - start < seconds:
+        readable, _, _ = select.select([s], [], [], 0)
+        if readable:
+            try:
+                peek = s.recv(1, socket.MSG_PEEK)
+                count("eof") if peek == b"" else out["failures"].append("unexpected data")
+            except ConnectionResetError:
+                count("reset")
+            s.close()
+            s = connect()
+        n += 1
+        sent = time.monotonic()
+        try:
+            s.sendall(b"GET /t%d/%d HTTP/1.1\r\nhost: svc\r\ncontent-length: 0\r\n\r\n" % (t, n))
+            status = response(s)
+            took = time.monotonic() - sent
+            if status != 200:
+                raise IOError("status %d" % status)
+            count("ok")
+            if took >= 0.09:
+                count("slow")
+            elif sent - start > seconds * 0.6:
+                count("fast_late")
+        except Exception as e:
+            with lock:
+                out["failures"].append("request %d of thread %d at %.3f s: %r" % (n, t, sent - start, e))
+            s.close()
+            s = connect()
+        time.sleep(think)
+    s.close()
+ts = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
+[t.start() for t in ts]
+[t.join() for t in ts]
+print(json.dumps(out))
+"#;
+
+/// One request the service never answers: the client waits (up to 5 s) and
+/// prints how the connection ended.
+const BUSY_CLIENT: &str = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+s.sendall(b"request")
+try:
+    print("eof" if s.recv(64) == b"" else "answered")
+except ConnectionResetError:
+    print("reset")
+except Exception as e:
+    print(repr(e))
+"#;
+
+/// A service that reads what it is sent and never answers.
+fn silent_thread(listener: TcpListener) {
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { break };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                use std::io::Read as _;
+                while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+            });
+        }
+    });
+}
+
+fn python_in(
+    ns: &faultline_testkit::NetNs,
+    script: &str,
+    args: &[String],
+) -> tokio::process::Child {
+    let mut cmd = ns.command("python3");
+    cmd.arg("-c")
+        .arg(script)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 inside the namespace")
+}
+
+async fn output_of(child: tokio::process::Child) -> String {
+    let out = tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
+        .await
+        .expect("the client ends")
+        .expect("client output");
+    assert!(
+        out.status.success(),
+        "client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Reverts the fault (timed) and verifies it from outside.
+async fn timed_revert(fault: &mut dyn faultline_faults::Fault) -> Duration {
+    let started = std::time::Instant::now();
+    fault.revert().await.expect("revert");
+    let took = started.elapsed();
+    fault.verify_reverted().await.expect("verified reverted");
+    took
+}
+
+/// Injects `kind` (a 100 ms delay in transparent mode) on an HTTP service,
+/// runs keep-alive clients from the namespace through it, reverts while their
+/// requests are in flight, and checks that none failed.
+async fn keep_alive_clients_through_a_revert(kind: &str, params: fn(u16) -> serde_json::Value) {
+    use faultline_faults::network::proxied::TRANSPARENT_DRAIN;
+    let ns = faultline_testkit::NetNs::new();
+    let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind the service");
+    let port = listener.local_addr().expect("addr").port();
+    http_service(listener);
+    let id = format!("tp-drain-{}", ns.name);
+    let mut fault =
+        faultline_faults::build(&id, &spec(kind, params(port)), Duration::from_secs(30))
+            .expect("build");
+    fault.inject().await.expect("inject");
+
+    // 3 keep-alive clients for 2.4 s, 150 ms between requests; the revert
+    // comes 0.8 s in, while requests are in flight through the proxy.
+    let args = [
+        ns.host_ip.to_string(),
+        port.to_string(),
+        "3".into(),
+        "2.4".into(),
+        "0.15".into(),
+    ];
+    let client = python_in(&ns, KEEP_ALIVE_CLIENT, &args);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let took = timed_revert(fault.as_mut()).await;
+    let summary: serde_json::Value =
+        serde_json::from_str(&output_of(client).await).expect("client summary");
+
+    assert_eq!(
+        summary["failures"],
+        json!([]),
+        "no request failed: {summary}"
+    );
+    assert_eq!(summary["reset"], 0, "no connection reset: {summary}");
+    assert!(
+        summary["eof"].as_u64() >= Some(1),
+        "idle connections closed with a FIN: {summary}"
+    );
+    assert!(
+        summary["slow"].as_u64() >= Some(3),
+        "the fault delayed requests before the revert: {summary}"
+    );
+    assert!(
+        summary["fast_late"].as_u64() >= Some(3),
+        "after the revert requests reach the service directly: {summary}"
+    );
+    assert!(
+        took < TRANSPARENT_DRAIN + Duration::from_millis(500),
+        "the revert is bounded by the drain: {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transparent_revert_lets_keep_alive_requests_in_flight_finish() {
+    keep_alive_clients_through_a_revert(
+        "network.latency",
+        |port| json!({ "port": port, "delay": "100ms", "direction": "downstream" }),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_delay_transparent_revert_lets_keep_alive_requests_in_flight_finish() {
+    keep_alive_clients_through_a_revert(
+        "http.delay",
+        |port| json!({ "port": port, "delay": "100ms" }),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transparent_revert_resets_a_connection_busy_past_the_drain_bound() {
+    use faultline_faults::network::proxied::TRANSPARENT_DRAIN;
+    let ns = faultline_testkit::NetNs::new();
+    let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind the service");
+    let port = listener.local_addr().expect("addr").port();
+    silent_thread(listener);
+    let id = format!("tp-drain-busy-{}", ns.name);
+    let spec = spec(
+        "network.latency",
+        json!({ "port": port, "delay": "20ms", "direction": "downstream" }),
+    );
+    let mut fault = faultline_faults::build(&id, &spec, Duration::from_secs(30)).expect("build");
+    fault.inject().await.expect("inject");
+
+    let args = [ns.host_ip.to_string(), port.to_string()];
+    let client = python_in(&ns, BUSY_CLIENT, &args);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let took = timed_revert(fault.as_mut()).await;
+    let how = output_of(client).await;
+
+    assert_eq!(
+        how, "reset",
+        "a request still unanswered at the deadline is reset"
+    );
+    assert!(
+        took >= TRANSPARENT_DRAIN - Duration::from_millis(50)
+            && took < TRANSPARENT_DRAIN + Duration::from_millis(500),
+        "the revert waits out the drain, and no longer: {took:?}"
+    );
+}

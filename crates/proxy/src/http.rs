@@ -13,13 +13,18 @@
 //! the first matching error answers. The fault list is an immutable snapshot
 //! swapped atomically, so changing faults never disturbs keep-alive
 //! connections in flight.
+//!
+//! Draining ([`HttpProxy::begin_drain`], [`HttpProxy::drain`]): the faults go
+//! and requests held by a delay are forwarded at once; then each connection
+//! is shut down gracefully (HTTP/1: closed when idle, or after the response in
+//! flight, which carries `connection: close`; h2: GOAWAY), within a deadline.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -34,7 +39,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::error::ProxyError;
 use crate::link::connect_upstream;
@@ -199,11 +204,41 @@ impl tower_service::Service<Uri> for UpstreamConnector {
     }
 }
 
+/// Drain states ([`Shared::drain`]).
+const DRAIN_NONE: u8 = 0;
+/// Faults removed; delayed requests forwarded at once.
+const DRAIN_RELEASE: u8 = 1;
+/// Connections shut down gracefully.
+const DRAIN_CLOSE: u8 = 2;
+
 struct Shared {
     upstream: String,
     faults: ArcSwap<Vec<HttpFault>>,
     client: Client<UpstreamConnector, Incoming>,
     counters: Counters,
+    /// One of `DRAIN_*`.
+    drain: watch::Sender<u8>,
+    /// Client connections being served, and a signal when none is.
+    live: AtomicUsize,
+    none_live: Notify,
+}
+
+/// One live client connection, counted until its task ends.
+struct Live(Arc<Shared>);
+
+impl Live {
+    fn new(shared: &Arc<Shared>) -> Self {
+        shared.live.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(shared))
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        if self.0.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.none_live.notify_waiters();
+        }
+    }
 }
 
 /// A running HTTP fault proxy. Stops when dropped or on [`HttpProxy::stop`].
@@ -263,6 +298,9 @@ impl HttpProxy {
             faults: ArcSwap::from_pointee(faults),
             client,
             counters: Counters::default(),
+            drain: watch::channel(DRAIN_NONE).0,
+            live: AtomicUsize::new(0),
+            none_live: Notify::new(),
         });
         let (stop, stop_rx) = watch::channel(false);
         tokio::spawn(accept_loop(listener, Arc::clone(&shared), stop_rx));
@@ -301,6 +339,41 @@ impl HttpProxy {
         }
     }
 
+    /// First step of a drain: removes every fault and forwards the requests a
+    /// delay holds at once, so requests in flight finish without the fault.
+    pub fn begin_drain(&self) {
+        self.shared.faults.store(Arc::new(Vec::new()));
+        self.shared.drain.send_if_modified(|s| {
+            let was = *s;
+            *s = (*s).max(DRAIN_RELEASE);
+            *s != was
+        });
+    }
+
+    /// Shuts every client connection down gracefully (HTTP/1: closed at once
+    /// when idle, else after the response in flight, sent with `connection:
+    /// close`; h2: GOAWAY) and waits for them to end until `deadline`. Returns
+    /// how many are still open then; [`HttpProxy::stop`] ends those. Begins
+    /// the drain if [`HttpProxy::begin_drain`] was not called. The listener
+    /// keeps accepting: connections already redirected to it are drained too.
+    pub async fn drain(&self, deadline: std::time::Instant) -> usize {
+        self.begin_drain();
+        self.shared.drain.send_replace(DRAIN_CLOSE);
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let shared = &self.shared;
+        loop {
+            let notified = shared.none_live.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let live = shared.live.load(Ordering::Acquire);
+            if live == 0 || tokio::time::timeout_at(deadline, notified).await.is_err() {
+                let left = shared.live.load(Ordering::Acquire);
+                tracing::info!(listen = %self.addr, left, "http fault proxy drained");
+                return left;
+            }
+        }
+    }
+
     /// Stops listening and closes its connections.
     pub fn stop(&self) {
         self.stop.send_replace(true);
@@ -327,17 +400,33 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
             _ = stop.changed() => return,
         };
         let _ = sock.set_nodelay(true);
+        let live = Live::new(&shared);
+        let mut drain = shared.drain.subscribe();
         let shared = Arc::clone(&shared);
         let mut stop = stop.clone();
         tokio::spawn(async move {
+            let _live = live;
             let service = hyper::service::service_fn(move |req| handle(Arc::clone(&shared), req));
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection(TokioIo::new(sock), service);
-            tokio::select! {
-                r = conn => if let Err(e) = r {
-                    tracing::debug!(error = %e, "http proxy connection ended with an error");
-                },
-                _ = stop.changed() => {}
+            tokio::pin!(conn);
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!(error = %e, "http proxy connection ended with an error");
+                        }
+                        return;
+                    }
+                    _ = stop.changed() => return,
+                    r = drain.wait_for(|s| *s >= DRAIN_CLOSE), if !closing => {
+                        closing = true;
+                        if r.is_ok() {
+                            conn.as_mut().graceful_shutdown();
+                        }
+                    }
+                }
             }
         });
     }
@@ -395,7 +484,12 @@ async fn handle(
     }
     if !delay.is_zero() {
         bump(&counters.delayed);
-        tokio::time::sleep(delay).await;
+        // A drain forwards the request at once.
+        let mut drain = shared.drain.subscribe();
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = drain.wait_for(|s| *s >= DRAIN_RELEASE) => {}
+        }
     }
     if let Some(HttpFault {
         kind:

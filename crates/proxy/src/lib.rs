@@ -29,5 +29,8 @@ pub mod toxic;
 pub mod transparent;
 
 pub use error::ProxyError;
-pub use server::{Proxy, ProxyConfig, ProxyInfo, ProxyServer, ProxyUpdate, ServerOptions};
+pub use link::DRAIN_QUIET;
+pub use server::{
+    DrainReport, Proxy, ProxyConfig, ProxyInfo, ProxyServer, ProxyUpdate, ServerOptions,
+};
 pub use toxic::{Stream, Toxic, ToxicKind};

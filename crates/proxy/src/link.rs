@@ -20,7 +20,7 @@ use std::net::Shutdown;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,7 @@ use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
 use rand::Rng;
 use tokio::io::Interest;
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::pool::BufPool;
 use crate::timer;
@@ -46,6 +46,30 @@ const SPIN_WINDOW: Duration = Duration::from_micros(300);
 
 /// Reads per wake before giving other tasks a turn.
 const READS_PER_TURN: usize = 16;
+
+/// While a proxy drains, a connection is closed once it has been idle this
+/// long: both directions waiting for data, nothing held, and the last bytes
+/// went downstream (a response, not a request still waiting for its answer).
+pub const DRAIN_QUIET: Duration = Duration::from_millis(50);
+
+/// How often a draining connection looks at its activity.
+const DRAIN_TICK: Duration = Duration::from_millis(10);
+
+/// In the second half of a drain, a connection that never stays quiet for
+/// [`DRAIN_QUIET`] (a keep-alive connection reused at once) is closed after a
+/// shorter quiet, looked at more often: right after a response beats a reset
+/// at the deadline, which would fail the request in flight for certain.
+const DRAIN_QUIET_LATE: Duration = Duration::from_millis(5);
+const DRAIN_TICK_LATE: Duration = Duration::from_millis(1);
+
+/// Drain states of a proxy ([`ProxyShared::drain`]).
+pub(crate) const DRAIN_NONE: u8 = 0;
+/// Toxics removed; data they held is released at once.
+pub(crate) const DRAIN_RELEASE: u8 = 1;
+/// Idle connections are closed gracefully (FIN both ways).
+pub(crate) const DRAIN_CLOSE: u8 = 2;
+/// The drain's deadline passed: every connection left is reset.
+pub(crate) const DRAIN_RESET: u8 = 3;
 
 /// A toxic as held in a snapshot, with a serial that changes on every add or
 /// update, so per-connection rolls and timers restart exactly when it changes.
@@ -89,6 +113,17 @@ pub(crate) struct ProxyShared {
     pub(crate) upstream_mark: Option<u32>,
     /// Bulk pass-through uses splice(2) instead of copying through user space.
     pub(crate) splice: bool,
+    /// One of `DRAIN_*`; read by connections on a wake-up, never per chunk.
+    pub(crate) drain: AtomicU8,
+    /// Connections being served (accepted and not yet ended).
+    pub(crate) live: AtomicUsize,
+    /// Notified when `live` drops to zero.
+    pub(crate) none_live: Notify,
+    /// The running drain's span (start to deadline), in ms.
+    pub(crate) drain_span_ms: AtomicU64,
+    /// Connections a drain closed gracefully / reset at its deadline.
+    pub(crate) drained_closed: AtomicUsize,
+    pub(crate) drained_reset: AtomicUsize,
 }
 
 impl ProxyShared {
@@ -101,6 +136,54 @@ impl ProxyShared {
     pub(crate) fn wake_connections(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.changed.send_replace(());
+    }
+
+    pub(crate) fn drain_state(&self) -> u8 {
+        self.drain.load(Ordering::Acquire)
+    }
+}
+
+/// One live connection of a proxy; counted from accept until its task ends.
+#[derive(Debug)]
+pub(crate) struct Live(Arc<ProxyShared>);
+
+impl Live {
+    pub(crate) fn new(shared: &Arc<ProxyShared>) -> Self {
+        shared.live.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(shared))
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        if self.0.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.none_live.notify_waiters();
+        }
+    }
+}
+
+/// What a connection's directions tell a drain, without a clock read or a
+/// lock on the data path: `moved` is the last direction's own read count
+/// (shifted left) with bit 0 set for downstream, stored after every read
+/// (each value is stored once, so an unchanged load means nothing moved),
+/// and each direction says whether it waits for data holding nothing.
+#[derive(Debug, Default)]
+struct Activity {
+    moved: AtomicU64,
+    parked: [AtomicBool; 2],
+}
+
+impl Activity {
+    /// Whether the last bytes read went upstream (a request not yet answered).
+    fn last_was_upstream(sample: u64) -> bool {
+        sample != 0 && sample & 1 == 0
+    }
+}
+
+fn stream_index(stream: Stream) -> usize {
+    match stream {
+        Stream::Upstream => 0,
+        Stream::Downstream => 1,
     }
 }
 
@@ -153,12 +236,18 @@ pub(crate) async fn serve_connection(
     upstream: Arc<str>,
     shared: Arc<ProxyShared>,
     killed: Arc<AtomicBool>,
+    _live: Live,
 ) {
     let mut wake = wait_change(shared.changed.subscribe());
     let connect = connect_upstream(&upstream, shared.upstream_mark);
     tokio::pin!(connect);
     let server = loop {
         if killed.load(Ordering::Acquire) {
+            return;
+        }
+        if shared.drain_state() == DRAIN_RESET {
+            set_reset(&client);
+            shared.drained_reset.fetch_add(1, Ordering::Relaxed);
             return;
         }
         tokio::select! {
@@ -177,24 +266,150 @@ pub(crate) async fn serve_connection(
     let _ = server.set_nodelay(true);
     let seed: u64 = rand::random();
 
-    let up = Direction::new(Stream::Upstream, &client, &server, &shared, seed).run();
-    let down = Direction::new(Stream::Downstream, &server, &client, &shared, seed).run();
+    let activity = Activity::default();
+    let up = Direction::new(Stream::Upstream, &client, &server, &shared, seed, &activity).run();
+    let down = Direction::new(
+        Stream::Downstream,
+        &server,
+        &client,
+        &shared,
+        seed,
+        &activity,
+    )
+    .run();
     tokio::pin!(up, down);
     let (mut up_done, mut down_done) = (false, false);
+    // Only while the proxy drains: a tick, and the activity seen at the last
+    // tick with the instant it was first seen.
+    let mut tick: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut quiet_since = (u64::MAX, Instant::now());
+    let mut late_at = Instant::now();
     while !(up_done && down_done) {
+        if tick.is_none() && shared.drain_state() >= DRAIN_CLOSE {
+            tick = Some(Box::pin(tokio::time::sleep(Duration::ZERO)));
+            let span = Duration::from_millis(shared.drain_span_ms.load(Ordering::Relaxed));
+            late_at = Instant::now() + span / 2;
+        }
+        // Directions first: data that woke the task with the tick counts.
         let end = tokio::select! {
+            biased;
             end = &mut up, if !up_done => { up_done = true; end }
             end = &mut down, if !down_done => { down_done = true; end }
             rx = &mut wake => {
                 wake = wait_change(rx);
-                if killed.load(Ordering::Acquire) { DirEnd::Close } else { DirEnd::Eof }
+                if killed.load(Ordering::Acquire) {
+                    DirEnd::Close
+                } else if shared.drain_state() == DRAIN_RESET {
+                    DirEnd::Reset
+                } else {
+                    DirEnd::Eof
+                }
+            }
+            () = OptSleep(&mut tick) => {
+                let now = Instant::now();
+                let sample = activity.moved.load(Ordering::Relaxed);
+                if sample != quiet_since.0 {
+                    quiet_since = (sample, now);
+                }
+                let parked = |i: usize, done: bool| done || activity.parked[i].load(Ordering::Relaxed);
+                let (quiet, every) = if now >= late_at {
+                    (DRAIN_QUIET_LATE, DRAIN_TICK_LATE)
+                } else {
+                    (DRAIN_QUIET, DRAIN_TICK)
+                };
+                let idle = parked(0, up_done)
+                    && parked(1, down_done)
+                    && !Activity::last_was_upstream(sample)
+                    && now.duration_since(quiet_since.1) >= quiet;
+                if idle {
+                    close_gracefully(&client, &server, &shared, &killed, &mut wake).await;
+                    return;
+                }
+                if let Some(t) = tick.as_mut() {
+                    t.as_mut().reset((now + every).into());
+                }
+                DirEnd::Eof
             }
         };
-        if end != DirEnd::Eof {
-            break;
+        match end {
+            DirEnd::Eof => {}
+            DirEnd::Reset => {
+                if shared.drain_state() == DRAIN_RESET {
+                    set_reset(&client);
+                    set_reset(&server);
+                    shared.drained_reset.fetch_add(1, Ordering::Relaxed);
+                }
+                break;
+            }
+            DirEnd::Close => break,
         }
     }
     // Dropping the sockets closes them: FIN, or RST where linger 0 was set.
+}
+
+/// A draining connection found idle: FIN to both peers, then wait for theirs.
+/// Data arriving meanwhile (a request that crossed the FIN) cannot be answered
+/// any more: the connection is reset, so that client fails at once instead of
+/// waiting. The drain's deadline resets a peer that never closes.
+async fn close_gracefully(
+    client: &TcpStream,
+    server: &TcpStream,
+    shared: &ProxyShared,
+    killed: &AtomicBool,
+    wake: &mut Wake,
+) {
+    let _ = socket2::SockRef::from(client).shutdown(Shutdown::Write);
+    let _ = socket2::SockRef::from(server).shutdown(Shutdown::Write);
+    let (mut client_eof, mut server_eof) = (false, false);
+    while !(client_eof && server_eof) {
+        let clean = tokio::select! {
+            clean = await_eof(client), if !client_eof => { client_eof = true; clean }
+            clean = await_eof(server), if !server_eof => { server_eof = true; clean }
+            rx = &mut *wake => {
+                *wake = wait_change(rx);
+                if killed.load(Ordering::Acquire) {
+                    return;
+                }
+                shared.drain_state() != DRAIN_RESET
+            }
+        };
+        if !clean {
+            set_reset(client);
+            set_reset(server);
+            shared.drained_reset.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    }
+    shared.drained_closed.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Waits for the peer's FIN: `true` on EOF, `false` on data or an error.
+async fn await_eof(sock: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    loop {
+        if sock.readable().await.is_err() {
+            return false;
+        }
+        match sock.try_read(&mut byte) {
+            Ok(0) => return true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Ok(_) | Err(_) => return false,
+        }
+    }
+}
+
+/// A sleep that exists only while a drain runs; pending otherwise.
+struct OptSleep<'a>(&'a mut Option<Pin<Box<tokio::time::Sleep>>>);
+
+impl Future for OptSleep<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match self.0.as_mut() {
+            Some(s) => s.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
+    }
 }
 
 /// Ready once the proxy's generation moved past `seen`. Registers no waker:
@@ -321,6 +536,10 @@ struct Direction<'a> {
     /// Set once the direction carried bulk data without toxics.
     pipe: Option<Pipe>,
     splice_failed: bool,
+    /// What a drain reads of this connection; `reads` is this direction's
+    /// count of reads that moved bytes.
+    activity: &'a Activity,
+    reads: u64,
 }
 
 /// A pipe for splice(2); kept by a direction once it saw bulk data.
@@ -378,6 +597,7 @@ impl<'a> Direction<'a> {
         writer: &'a TcpStream,
         shared: &'a ProxyShared,
         seed: u64,
+        activity: &'a Activity,
     ) -> Self {
         Self {
             stream,
@@ -398,7 +618,23 @@ impl<'a> Direction<'a> {
             timer_armed: None,
             pipe: None,
             splice_failed: false,
+            activity,
+            reads: 0,
         }
+    }
+
+    /// Bytes were read: one relaxed store of a value never stored before.
+    fn touch(&mut self) {
+        self.reads += 1;
+        let down = u64::from(self.stream == Stream::Downstream);
+        self.activity
+            .moved
+            .store((self.reads << 1) | down, Ordering::Relaxed);
+    }
+
+    /// Whether this direction waits for data holding nothing (per wake-up).
+    fn set_parked(&self, parked: bool) {
+        self.activity.parked[stream_index(self.stream)].store(parked, Ordering::Relaxed);
     }
 
     async fn run(mut self) -> DirEnd {
@@ -493,6 +729,14 @@ impl<'a> Direction<'a> {
         self.chain = chain;
         self.applied = applied;
         self.next_write_at = None;
+        if self.shared.drain_state() != DRAIN_NONE {
+            // A drain stops the fault's effect at once: data a latency toxic
+            // still holds goes out now, in order.
+            for c in &mut self.queue {
+                c.release = c.release.min(now);
+            }
+            self.last_release = None;
+        }
     }
 
     /// The no-toxic loop. Returns `None` when the toxics changed.
@@ -506,11 +750,16 @@ impl<'a> Direction<'a> {
             if self.pipe.is_some() {
                 return self.splice_through().await;
             }
+            self.set_parked(true);
             tokio::select! {
                 biased;
-                () = self.changed() => return None,
+                () = self.changed() => {
+                    self.set_parked(false);
+                    return None;
+                }
                 r = self.reader.readable() => if r.is_err() { return Some(DirEnd::Close) },
             }
+            self.set_parked(false);
             let mut buf = self.shared.pool.get_local();
             let mut turns = 0usize;
             let mut bulk = false;
@@ -532,6 +781,7 @@ impl<'a> Direction<'a> {
                     Err(_) => break Some(DirEnd::Close),
                 };
                 self.total_in += n as u64;
+                self.touch();
                 match self.write_or_park(&buf[..n]).await {
                     Ok(None) => {}
                     Ok(Some(written)) => {
@@ -588,16 +838,27 @@ impl<'a> Direction<'a> {
                 Ok(0) => return Some(self.forward_eof()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.set_parked(true);
+                    let mut changed = false;
                     tokio::select! {
                         biased;
-                        () = self.changed() => return None,
+                        () = self.changed() => changed = true,
                         r = self.reader.readable() => if r.is_err() { return Some(DirEnd::Close) },
+                    }
+                    self.set_parked(false);
+                    if changed {
+                        return None;
                     }
                     continue;
                 }
                 Err(_) => return Some(DirEnd::Close),
             };
             self.total_in += n as u64;
+            self.reads += 1;
+            let down = u64::from(self.stream == Stream::Downstream);
+            self.activity
+                .moved
+                .store((self.reads << 1) | down, Ordering::Relaxed);
             let mut left = n;
             while left > 0 {
                 let writer = self.writer;
@@ -937,6 +1198,7 @@ impl<'a> Direction<'a> {
                 Ok(0) => return Ok(ReadOutcome::Eof),
                 Ok(n) => {
                     self.total_in += n as u64;
+                    self.touch();
                     let keep = remaining_limit
                         .map_or(n, |r| n.min(usize::try_from(r).unwrap_or(usize::MAX)));
                     if mergeable {

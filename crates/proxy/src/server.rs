@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
@@ -15,7 +15,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::error::ProxyError;
-use crate::link::{ActiveToxic, ProxyShared, Snapshot, serve_connection};
+use crate::link::{
+    ActiveToxic, DRAIN_CLOSE, DRAIN_NONE, DRAIN_RELEASE, DRAIN_RESET, Live, ProxyShared, Snapshot,
+    serve_connection,
+};
 use crate::pool::BufPool;
 use crate::toxic::Toxic;
 
@@ -204,6 +207,12 @@ impl ProxyServer {
                     max_queue_bytes: self.inner.opts.max_queue_bytes,
                     upstream_mark: self.inner.opts.upstream_mark,
                     splice: self.inner.opts.splice,
+                    drain: AtomicU8::new(DRAIN_NONE),
+                    live: AtomicUsize::new(0),
+                    none_live: tokio::sync::Notify::new(),
+                    drain_span_ms: AtomicU64::new(0),
+                    drained_closed: AtomicUsize::new(0),
+                    drained_reset: AtomicUsize::new(0),
                 }),
                 state: Mutex::new(ProxyState {
                     listen: config.listen.clone(),
@@ -451,6 +460,7 @@ impl Proxy {
         };
         let accept = self.spawn_acceptor(listener, &running, &st.upstream)?;
         running.accept = Some(accept);
+        self.inner.shared.drain.store(DRAIN_NONE, Ordering::Release);
         st.listen = bound.to_string();
         st.enabled = true;
         st.running = Some(running);
@@ -623,6 +633,96 @@ impl Proxy {
         st.toxics.clear();
         self.publish(&mut st);
     }
+
+    /// First step of a drain: removes every toxic and releases the data they
+    /// hold at once (a latency toxic's queued chunks go out now, in order), so
+    /// requests in flight finish without the fault. Connections stay open.
+    pub fn begin_drain(&self) {
+        let shared = &self.inner.shared;
+        // Before the publish: connections rebuilding on it see the drain.
+        let _ = shared.drain.compare_exchange(
+            DRAIN_NONE,
+            DRAIN_RELEASE,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        self.remove_all_toxics();
+    }
+
+    /// Drains the proxy's connections by `deadline`: each is closed gracefully
+    /// (FIN to both peers, then their FINs awaited) once idle, that is both
+    /// directions wait for data with nothing held, the last bytes went
+    /// downstream (a response, not a request awaiting one) and nothing moved
+    /// for [`crate::DRAIN_QUIET`] (5 ms in the second half of the drain, for
+    /// keep-alive connections reused at once). Whatever is still open at the deadline
+    /// is reset (RST both ways). Begins the drain if [`Proxy::begin_drain`] was
+    /// not called. The listener keeps accepting (connections already redirected
+    /// to it are served and drained too); stop the proxy afterwards.
+    pub async fn drain(&self, deadline: std::time::Instant) -> DrainReport {
+        let shared = &self.inner.shared;
+        if shared.drain_state() == DRAIN_NONE {
+            self.begin_drain();
+        }
+        let closed_before = shared.drained_closed.load(Ordering::Relaxed);
+        let reset_before = shared.drained_reset.load(Ordering::Relaxed);
+        let span = deadline.saturating_duration_since(std::time::Instant::now());
+        shared.drain_span_ms.store(
+            u64::try_from(span.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        shared.drain.store(DRAIN_CLOSE, Ordering::Release);
+        shared.wake_connections();
+        let mut drained = self.none_live(deadline.into()).await;
+        if !drained {
+            shared.drain.store(DRAIN_RESET, Ordering::Release);
+            shared.wake_connections();
+            // Resetting takes one poll of each connection task.
+            drained = self
+                .none_live(tokio::time::Instant::now() + RESET_GRACE)
+                .await;
+        }
+        let report = DrainReport {
+            closed: shared.drained_closed.load(Ordering::Relaxed) - closed_before,
+            reset: shared.drained_reset.load(Ordering::Relaxed) - reset_before,
+            left: if drained {
+                0
+            } else {
+                shared.live.load(Ordering::Acquire)
+            },
+        };
+        tracing::info!(proxy = %self.inner.name, closed = report.closed, reset = report.reset, left = report.left, "proxy drained");
+        report
+    }
+
+    /// Waits until no connection is live or `deadline`; whether none is.
+    async fn none_live(&self, deadline: tokio::time::Instant) -> bool {
+        let shared = &self.inner.shared;
+        loop {
+            let notified = shared.none_live.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if shared.live.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return shared.live.load(Ordering::Acquire) == 0;
+            }
+        }
+    }
+}
+
+/// How long a drain waits for reset connections to end after its deadline.
+const RESET_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// What [`Proxy::drain`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Connections closed gracefully (FIN both ways) once idle.
+    pub closed: usize,
+    /// Connections reset: busy at the deadline, or data crossed the close.
+    pub reset: usize,
+    /// Connections still open after the reset (their tasks did not end).
+    pub left: usize,
 }
 
 fn ordered(toxics: &[ActiveToxic]) -> Vec<Toxic> {
@@ -667,11 +767,13 @@ async fn accept_loop(
             drop(sock);
             continue;
         }
+        let live = Live::new(&shared);
         handle.spawn(serve_connection(
             sock,
             Arc::clone(&upstream),
             Arc::clone(&shared),
             Arc::clone(&killed),
+            live,
         ));
     }
 }

@@ -10,6 +10,24 @@
 //! so the proxy must listen there or on 0.0.0.0); the `output` hook catches
 //! local clients (rewritten to 127.0.0.1). The proxy's own upstream traffic is
 //! excluded by socket mark ([`crate::ServerOptions::upstream_mark`]).
+//!
+//! Ending a redirect without breaking the connections it already redirected:
+//! [`Redirect::stop_redirecting`] replaces each chain's redirect rule with a
+//! rule that only accepts (`ct state new accept`), in one transaction, keeping
+//! the table and its `nat` chains. A redirected connection's NAT binding lives
+//! in its conntrack entry; it is applied to the connection's later packets as
+//! long as (a) the kernel's NAT hooks stay registered, which they do while any
+//! `nat` chain of the family exists in the namespace, and (b) conntrack itself
+//! stays hooked, which in a namespace without other conntrack users needs an
+//! expression that uses it: the redirect held it, the `ct` rule replacing it
+//! holds it on (with the rules merely flushed, an established redirected
+//! connection's next packet goes untranslated to the service's port and is
+//! reset; tested on Linux 6.18). New connections then go straight to the
+//! service, while redirected ones keep being translated both ways (the proxy's
+//! replies and FINs still reach their clients). Deleting the table removes
+//! all of it: packets of connections still open are no longer translated, and
+//! their clients hang or are reset. So: stop redirecting, drain the proxy
+//! ([`crate::Proxy::drain`]), then revert.
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -164,6 +182,8 @@ fn nft(netns: Option<&str>, args: &[&str], stdin: Option<&str>) -> Result<String
 pub struct Redirect {
     table: String,
     netns: Option<String>,
+    /// The table's chains (`prerouting`, `output`).
+    chains: Vec<&'static str>,
     installed: bool,
 }
 
@@ -178,9 +198,14 @@ impl Redirect {
             }
         })?;
         tracing::info!(table = %spec.table, port = spec.port, to_port = spec.to_port, "transparent redirect installed");
+        let chains = [("prerouting", spec.inbound), ("output", spec.local)]
+            .into_iter()
+            .filter_map(|(c, on)| on.then_some(c))
+            .collect();
         Ok(Self {
             table: spec.table.clone(),
             netns: spec.netns.clone(),
+            chains,
             installed: true,
         })
     }
@@ -188,6 +213,23 @@ impl Redirect {
     /// Whether the table exists now.
     pub fn is_installed(&self) -> Result<bool, ProxyError> {
         table_exists(self.netns.as_deref(), &self.table)
+    }
+
+    /// Stops redirecting new connections, keeping the table and its chains so
+    /// that connections already redirected keep being translated (see the
+    /// module notes). [`Redirect::revert`] deletes the table afterwards.
+    pub fn stop_redirecting(&self) -> Result<(), ProxyError> {
+        nft(
+            self.netns.as_deref(),
+            &["-f", "-"],
+            Some(&stop_script(&self.table, &self.chains)),
+        )
+        .map_err(|detail| ProxyError::Nft {
+            what: "flush redirect table",
+            detail,
+        })?;
+        tracing::info!(table = %self.table, "transparent redirect stopped for new connections");
+        Ok(())
     }
 
     /// Deletes the table; idempotent (a missing table is success), verified.
@@ -212,6 +254,18 @@ impl Drop for Redirect {
             tracing::error!(table = %self.table, error = %e, "redirect table left behind");
         }
     }
+}
+
+/// The nft script that stops a redirect table redirecting: one transaction
+/// replacing every rule with one that keeps conntrack in use (module notes).
+fn stop_script(table: &str, chains: &[&str]) -> String {
+    let mut s = format!("flush table inet {table}\n");
+    for c in chains {
+        s.push_str(&format!(
+            "add rule inet {table} {c} ct state new accept comment \"faultline: redirect stopped, conntrack kept for redirected connections\"\n"
+        ));
+    }
+    s
 }
 
 /// Whether the inet table exists.
@@ -265,5 +319,14 @@ mod tests {
         assert!(s.contains("type nat hook output priority -100"));
         assert!(RedirectSpec::new("bad name", 1, 2).validate().is_err());
         assert!(RedirectSpec::new("a-b", 1, 2).validate().is_err());
+    }
+
+    #[test]
+    fn stopping_keeps_a_conntrack_rule_in_each_chain() {
+        let s = stop_script("faultline_t1", &["prerouting", "output"]);
+        assert!(s.starts_with("flush table inet faultline_t1\n"));
+        assert!(s.contains("add rule inet faultline_t1 prerouting ct state new accept"));
+        assert!(s.contains("add rule inet faultline_t1 output ct state new accept"));
+        assert!(!s.contains("redirect to"));
     }
 }

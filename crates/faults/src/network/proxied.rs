@@ -8,11 +8,19 @@
 //! address and forwards to the service on 127.0.0.1:`port`; an nftables table of
 //! the fault's own (`faultline_tp_..`) redirects TCP traffic for `port`, from other
 //! hosts (prerouting) and local clients (output), into it. The proxy's upstream
-//! sockets carry [`TRANSPARENT_MARK`], which the redirect skips. Revert deletes the
-//! table, then stops the proxy; the journal keeps the table's name, so a restarted
-//! agent deletes a table its dead predecessor left. `kill_existing` cuts the
-//! connections established before the redirect (`ss -K`), so clients reconnect
-//! through the proxy.
+//! sockets carry [`TRANSPARENT_MARK`], which the redirect skips. The journal keeps
+//! the table's name, so a restarted agent deletes a table its dead predecessor
+//! left. `kill_existing` cuts the connections established before the redirect
+//! (`ss -K`), so clients reconnect through the proxy.
+//!
+//! Transparent revert drains instead of breaking what is in flight: the toxics
+//! go first (data a latency toxic holds is released at once), then the table's
+//! rules (new connections go straight to the service, while the table's `nat`
+//! chains keep the redirected ones translated), then the proxy closes each
+//! connection gracefully once idle, within [`TRANSPARENT_DRAIN`], resetting what
+//! is still busy at that deadline; then the table is deleted and the proxy
+//! stopped. Keep-alive clients see an idle connection closed and reconnect
+//! directly, instead of a request failing.
 
 use std::net::SocketAddr;
 
@@ -27,6 +35,10 @@ use crate::{BoxFuture, Fault, InjectError, Observation, RevertError};
 /// SO_MARK of a transparent proxy's upstream sockets: its redirect skips them, so
 /// the proxy's own connection to the service is not captured again.
 pub const TRANSPARENT_MARK: u32 = 0x0fa1_7000;
+
+/// How long a transparent revert drains the proxy's connections before it
+/// resets those still busy. Well under the engine's 1 s revert budget on abort.
+pub const TRANSPARENT_DRAIN: std::time::Duration = std::time::Duration::from_millis(500);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Recovery {
@@ -238,6 +250,36 @@ impl ProxiedFault {
     }
 }
 
+impl ProxiedFault {
+    /// Transparent revert, before the table goes: stop the fault's effect, stop
+    /// redirecting new connections, and drain the redirected ones while their
+    /// packets are still translated (see the module notes).
+    async fn drain(&self, redirect: &Redirect, server: &ProxyServer) {
+        let deadline = std::time::Instant::now() + TRANSPARENT_DRAIN;
+        let proxy = server.get(&self.name).ok();
+        if let Some(p) = &proxy {
+            p.begin_drain();
+        }
+        let port = self.bound.map(|b| b.port());
+        if let Err(e) = redirect.stop_redirecting() {
+            // Still redirecting: a connection closed now could come straight
+            // back. Reset them instead, as the table goes next.
+            tracing::warn!(kind = self.kind, error = %e, "cannot stop the redirect; resetting its connections");
+            if let Some(port) = port {
+                super::ss::cut_redirected(self.kind, port).await;
+            }
+            return;
+        }
+        let Some(p) = proxy else { return };
+        let report = p.drain(deadline).await;
+        if report.left > 0
+            && let Some(port) = port
+        {
+            super::ss::cut_redirected(self.kind, port).await;
+        }
+    }
+}
+
 impl Drop for ProxiedFault {
     fn drop(&mut self) {
         // The proxy lives in this process: like a killed agent, a dropped fault
@@ -341,10 +383,8 @@ impl Fault for ProxiedFault {
 
     fn revert(&mut self) -> BoxFuture<'_, Result<(), RevertError>> {
         Box::pin(async move {
-            // Connections already redirected into the proxy are reset while the
-            // redirect still translates their packets (see `cut_redirected`).
-            if let (Some(_), Some(port)) = (&self.redirect, self.bound.map(|b| b.port())) {
-                super::ss::cut_redirected(self.kind, port).await;
+            if let (Some(redirect), Some(server)) = (&self.redirect, &self.server) {
+                self.drain(redirect, server).await;
             }
             // The redirect first: traffic must not be sent to a proxy that is gone.
             let redirect = match (self.redirect.as_mut(), &self.table) {

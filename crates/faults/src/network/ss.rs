@@ -75,9 +75,10 @@ pub async fn kill_connections(filter: &Filter) -> Result<usize, String> {
         .count())
 }
 
-/// Before a transparent redirect is removed: resets the connections the fault's
-/// proxy accepted (local port `proxy_port`), so their clients see a reset at once.
-/// Removing the last NAT chain unregisters the kernel's NAT hooks, after which a
+/// Before a transparent redirect is removed, when draining could not end them
+/// (the redirect could not be stopped, or connections outlived the drain's
+/// reset): resets the connections the fault's proxy accepted (local port
+/// `proxy_port`), so their clients see a reset at once. Once the table is gone a
 /// redirected connection's packets are no longer translated: its client would
 /// wait on a connection nobody answers until its own timeout. Best effort: a
 /// failure is logged, never a reason to keep the fault.

@@ -188,3 +188,48 @@ async fn http_stats_count_requests_matches_errors_and_delays() {
         }
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_forwards_delayed_requests_and_closes_keep_alive_connections() {
+    let (up, _) = upstream().await;
+    let delay = HttpFault::new(HttpFaultKind::Delay {
+        delay_ms: 2000,
+        jitter_ms: 0,
+    });
+    let proxy = HttpProxy::start("127.0.0.1:0".parse().unwrap(), up.to_string(), vec![delay])
+        .await
+        .unwrap();
+    let addr = proxy.local_addr();
+    // One connection with a request held by the 2 s delay, one idle.
+    let mut busy = client(addr).await;
+    let mut idle = client(addr).await;
+    let started = Instant::now();
+    let held = tokio::spawn(async move {
+        let r = send(&mut busy, "GET", "/held").await;
+        (r, busy)
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    proxy.begin_drain();
+    let ((status, _, body), busy) = tokio::time::timeout(LIMIT, held).await.unwrap().unwrap();
+    assert_eq!((status, body.as_str()), (200, "ok GET /held"));
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "the held request is forwarded at once: {:?}",
+        started.elapsed()
+    );
+    // Without the fault, requests pass at once.
+    let (status, _, _) = send(&mut idle, "GET", "/after").await;
+    assert_eq!(status, 200);
+
+    let drained = Instant::now();
+    let left = proxy.drain(Instant::now() + Duration::from_secs(2)).await;
+    assert_eq!(left, 0, "both keep-alive connections closed");
+    assert!(drained.elapsed() < Duration::from_millis(1000));
+    // Each client sees its idle connection closed, not a failed request.
+    let until = Instant::now() + LIMIT;
+    while !(busy.is_closed() && idle.is_closed()) {
+        assert!(Instant::now() < until, "the clients' connections stay open");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -3,6 +3,7 @@
 //! One binary, so the crate links once.
 
 mod api;
+mod drain;
 mod http;
 mod l4;
 mod python_client;
