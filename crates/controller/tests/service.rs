@@ -659,6 +659,63 @@ async fn two_runs_on_one_agent_are_refused_abort_and_halt_stop_them() {
     f.shutdown().await;
 }
 
+/// `POST /v1/halt` reaches every agent of the inventory over HTTP, not only the
+/// in-process one: a fault put there by someone else entirely is reverted too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn halt_reverts_every_agent_of_the_inventory() {
+    use faultline_controller::client::{AgentClient, FaultRequest, HttpClient};
+    let agent_dir = tempfile::tempdir().expect("tempdir");
+    let agent = faultline_agent::start(faultline_agent::AgentConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        token: faultline_agent::Token::new(Some("agent-token".into())),
+        state_dir: agent_dir.path().join("state"),
+        labels: Default::default(),
+        tls: None,
+    })
+    .await
+    .expect("agent");
+    let token_file = agent_dir.path().join("token");
+    std::fs::write(&token_file, "agent-token\n").expect("token file");
+    let inventory: faultline_spec::Inventory = serde_yaml::from_str(&format!(
+        "agents: {{ a1: {{ url: 'http://{}', token_file: '{}' }} }}",
+        agent.local_addr,
+        token_file.display()
+    ))
+    .expect("inventory");
+    let f = fixture_with(Backend::Sqlite, |c| c.inventory = inventory).await;
+
+    let server = Child::sleep();
+    let direct = HttpClient::new(
+        "a1",
+        &format!("http://{}", agent.local_addr),
+        Some("agent-token".into()),
+        None,
+        Duration::from_secs(5),
+    )
+    .expect("client");
+    let pause: FaultRequest = serde_json::from_value(json!({
+        "kind": "process.pause", "params": { "pid": server.pid() }, "lease": "60s"
+    }))
+    .expect("request");
+    direct.put_fault("by-hand", &pause).await.expect("paused");
+    assert!(server.is_stopped());
+
+    let (code, halted) = f.call("POST", "/v1/halt", Some(ADMIN), None).await;
+    assert_eq!(code, 200, "{halted}");
+    let a1 = halted["agents"]
+        .as_array()
+        .expect("agents")
+        .iter()
+        .find(|a| a["agent"] == "a1")
+        .cloned()
+        .expect("a1 halted");
+    assert_eq!(a1["report"]["reverted"], json!(["by-hand"]), "{halted:#}");
+    assert!(!server.is_stopped(), "halt left the process paused");
+    assert!(direct.list().await.expect("list").is_empty());
+    f.shutdown().await;
+    agent.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn queued_runs_wait_for_their_agent() {
     let f = fixture_with(Backend::Sqlite, |c| {
