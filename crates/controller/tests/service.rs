@@ -275,9 +275,8 @@ async fn read_events(
 
 // === tests ===
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_run_over_http_completes_streams_live_and_its_journal_is_readable() {
-    let f = fixture(Backend::Sqlite).await;
+async fn a_run_over_http_completes_streams_live_and_its_journal_is_readable(backend: Backend) {
+    let f = fixture(backend).await;
     let (server, addr) = Child::http_server();
     let yaml = pause_yaml(addr, server.pid(), "2s");
 
@@ -981,6 +980,11 @@ async fn a_restart_leaves_no_run_running(backend: Backend) {
 mod sqlite {
     use super::*;
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_run_over_http_completes_streams_live_and_its_journal_is_readable() {
+        super::a_run_over_http_completes_streams_live_and_its_journal_is_readable(Backend::Sqlite)
+            .await;
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_replacing_schedule_aborts_the_run_still_going() {
         super::a_replacing_schedule_aborts_the_run_still_going(Backend::Sqlite).await;
     }
@@ -996,6 +1000,13 @@ mod sqlite {
 
 mod postgres {
     use super::*;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_run_over_http_completes_streams_live_and_its_journal_is_readable() {
+        super::a_run_over_http_completes_streams_live_and_its_journal_is_readable(
+            Backend::Postgres,
+        )
+        .await;
+    }
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_schedule_fires_and_its_run_appears() {
         super::a_schedule_fires_and_its_run_appears(Backend::Postgres).await;
