@@ -31,11 +31,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use faultline_proxy::http::{HttpFault, HttpFaultKind, HttpProxy, HttpProxyOptions};
-use faultline_proxy::transparent::{Redirect, RedirectSpec, revert_table, table_exists};
+use faultline_proxy::transparent::{Redirect, RedirectSpec, table_exists};
 use faultline_spec::fault::{HttpDelay, HttpError};
 use serde::{Deserialize, Serialize};
 
-use crate::network::proxied::{TRANSPARENT_DRAIN, TRANSPARENT_MARK, redirect_table};
+use crate::network::proxied::{
+    TRANSPARENT_DRAIN, TRANSPARENT_MARK, redirect_table, remove_redirect, verify_no_redirect,
+};
 use crate::{BoxFuture, Fault, InjectError, Observation, RevertError};
 
 /// What the journal keeps: where the proxy listened and the redirect's table.
@@ -316,22 +318,7 @@ impl Fault for HttpGatewayFault {
                 drain(self.kind, redirect, proxy).await;
             }
             // The redirect first: traffic must not be sent to a proxy that is gone.
-            let redirect = match (self.redirect.as_mut(), &self.table) {
-                (Some(r), _) => r.revert(),
-                (None, Some(table)) => revert_table(None, table),
-                (None, None) => Ok(()),
-            };
-            if let Err(e) = redirect {
-                return Err(RevertError::Failed {
-                    kind: self.kind,
-                    reason: e.to_string(),
-                    left: format!(
-                        "nft table inet {}",
-                        self.table.as_deref().unwrap_or_default()
-                    ),
-                });
-            }
-            self.redirect = None;
+            remove_redirect(self.kind, &mut self.redirect, self.table.as_deref())?;
             if let Some(proxy) = &self.proxy {
                 tracing::info!(kind = self.kind, stats = ?proxy.stats(), "HTTP fault proxy stopping");
             }
@@ -342,24 +329,7 @@ impl Fault for HttpGatewayFault {
 
     fn verify_reverted(&self) -> BoxFuture<'_, Result<(), RevertError>> {
         Box::pin(async move {
-            if let Some(table) = &self.table {
-                match table_exists(None, table) {
-                    Ok(false) => {}
-                    Ok(true) => {
-                        return Err(RevertError::NotReverted {
-                            kind: self.kind,
-                            left: format!("nft table inet {table}"),
-                        });
-                    }
-                    Err(e) => {
-                        return Err(RevertError::Failed {
-                            kind: self.kind,
-                            reason: e.to_string(),
-                            left: format!("nft table inet {table}"),
-                        });
-                    }
-                }
-            }
+            verify_no_redirect(self.kind, self.table.as_deref())?;
             // The proxy's accept loop ends on its next poll after stop.
             let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
             while self.listener_up().await {

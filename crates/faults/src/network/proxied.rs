@@ -61,6 +61,48 @@ pub fn redirect_table(id: &str) -> String {
     format!("faultline_tp_{clean}_{hash:08x}")
 }
 
+/// Removes a fault's transparent redirect: the one it installed, or, for a fault
+/// restored from the journal after a restart, its table by name. Shared by the
+/// connection faults here and the L7 faults in `crate::http`.
+pub(crate) fn remove_redirect(
+    kind: &'static str,
+    redirect: &mut Option<Redirect>,
+    table: Option<&str>,
+) -> Result<(), RevertError> {
+    let removed = match (redirect.as_mut(), table) {
+        (Some(r), _) => r.revert(),
+        (None, Some(table)) => revert_table(None, table),
+        (None, None) => Ok(()),
+    };
+    removed.map_err(|e| RevertError::Failed {
+        kind,
+        reason: e.to_string(),
+        left: format!("nft table inet {}", table.unwrap_or_default()),
+    })?;
+    *redirect = None;
+    Ok(())
+}
+
+/// Verifies from outside that a fault's redirect table is gone.
+pub(crate) fn verify_no_redirect(
+    kind: &'static str,
+    table: Option<&str>,
+) -> Result<(), RevertError> {
+    let Some(table) = table else { return Ok(()) };
+    match table_exists(None, table) {
+        Ok(false) => Ok(()),
+        Ok(true) => Err(RevertError::NotReverted {
+            kind,
+            left: format!("nft table inet {table}"),
+        }),
+        Err(e) => Err(RevertError::Failed {
+            kind,
+            reason: e.to_string(),
+            left: format!("nft table inet {table}"),
+        }),
+    }
+}
+
 #[derive(Debug)]
 pub struct ProxiedFault {
     kind: &'static str,
@@ -387,22 +429,7 @@ impl Fault for ProxiedFault {
                 self.drain(redirect, server).await;
             }
             // The redirect first: traffic must not be sent to a proxy that is gone.
-            let redirect = match (self.redirect.as_mut(), &self.table) {
-                (Some(r), _) => r.revert(),
-                (None, Some(table)) => revert_table(None, table),
-                (None, None) => Ok(()),
-            };
-            if let Err(e) = redirect {
-                return Err(RevertError::Failed {
-                    kind: self.kind,
-                    reason: e.to_string(),
-                    left: format!(
-                        "nft table inet {}",
-                        self.table.as_deref().unwrap_or_default()
-                    ),
-                });
-            }
-            self.redirect = None;
+            remove_redirect(self.kind, &mut self.redirect, self.table.as_deref())?;
             if let Some(server) = self.server.take() {
                 server.shutdown();
             }
@@ -412,24 +439,7 @@ impl Fault for ProxiedFault {
 
     fn verify_reverted(&self) -> BoxFuture<'_, Result<(), RevertError>> {
         Box::pin(async move {
-            if let Some(table) = &self.table {
-                match table_exists(None, table) {
-                    Ok(false) => {}
-                    Ok(true) => {
-                        return Err(RevertError::NotReverted {
-                            kind: self.kind,
-                            left: format!("nft table inet {table}"),
-                        });
-                    }
-                    Err(e) => {
-                        return Err(RevertError::Failed {
-                            kind: self.kind,
-                            reason: e.to_string(),
-                            left: format!("nft table inet {table}"),
-                        });
-                    }
-                }
-            }
+            verify_no_redirect(self.kind, self.table.as_deref())?;
             let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
             while self.listener_up() {
                 if std::time::Instant::now() >= deadline {
