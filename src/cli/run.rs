@@ -228,7 +228,7 @@ async fn show_progress(
             Event::Verdict(v) if !v.holds => line(format!(
                 "[{:7.1}s] FAILED {}",
                 v.at_s,
-                engine::failure_line(v)
+                faultline_controller::report::failure_line(v)
             )),
             Event::Aborting { reason, at_s } => {
                 line(format!("[{at_s:7.1}s] aborting: {reason}"));

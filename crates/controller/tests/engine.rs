@@ -216,7 +216,7 @@ method:
     assert_eq!(j.status, RunStatus::Failed);
     let reason = j.reason.clone().unwrap_or_default();
     assert!(
-        reason.starts_with("baseline failed, nothing injected: web: p50 <= 1us"),
+        reason.starts_with("baseline failed, nothing injected: baseline: web: p50 <= 1us"),
         "{reason}"
     );
     assert!(
@@ -247,7 +247,7 @@ async fn abort_when_reverts_everything_within_a_second() {
     assert_eq!(j.exit_code, 3);
     let reason = j.reason.clone().unwrap_or_default();
     assert!(
-        reason.contains("abort_when fired: web: availability < 50%"),
+        reason.contains("abort_when: web: availability < 50% over 500ms (fired at"),
         "{reason}"
     );
     let fired = j.failures().next().expect("the abort_when verdict");

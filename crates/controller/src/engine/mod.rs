@@ -30,6 +30,7 @@ use crate::journal::{
     CheckKind, Event, Journal, LeftBehind, Phase, PhaseRecord, ProbeTimeline, RunStatus,
     VerdictRecord,
 };
+use crate::report::failure_line;
 use crate::select::resolve;
 
 pub use checks::describe;
@@ -435,7 +436,7 @@ impl<'a> Run<'a> {
         }
         let settled = self.settled();
         let fired = monitor.abort_when(self.exp, &self.probes, settled)?;
-        let reason = format!("abort_when fired: {}", failure_line(&fired));
+        let reason = failure_line(&fired);
         self.verdict(fired);
         Some(reason)
     }
@@ -537,12 +538,8 @@ impl<'a> Run<'a> {
             .filter(|v| !v.holds && v.phase == Phase::Faults)
             .map(failure_line)
             .collect();
-        if !during_failed.is_empty() {
-            failed.splice(
-                0..0,
-                during_failed.into_iter().map(|l| format!("during: {l}")),
-            );
-        }
+        // `during` failures first: they happened first.
+        failed.splice(0..0, during_failed);
         if failed.is_empty() {
             (RunStatus::Passed, None)
         } else {
@@ -628,14 +625,6 @@ impl<'a> Run<'a> {
             reason,
         });
         self.journal
-    }
-}
-
-/// `api: availability >= 99% (observed 97.2%)`: a failed condition in one line.
-pub fn failure_line(v: &VerdictRecord) -> String {
-    match &v.reason {
-        Some(r) => format!("{} [{}] ({r})", v.name, v.phase.as_str()),
-        None => format!("{} [{}]", v.name, v.phase.as_str()),
     }
 }
 
