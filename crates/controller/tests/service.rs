@@ -89,6 +89,67 @@ async fn fixture(backend: Backend) -> Fixture {
 }
 
 impl Fixture {
+    /// Stores `yaml` as an experiment and schedules it: the schedule's id.
+    async fn schedule(
+        &self,
+        yaml: &str,
+        name: &str,
+        cron: &str,
+        time_zone: &str,
+        overlap: &str,
+    ) -> String {
+        let (code, exp) = self
+            .call(
+                "POST",
+                "/v1/experiments",
+                Some(ADMIN),
+                Some(json!({ "yaml": yaml })),
+            )
+            .await;
+        assert_eq!(code, 201, "{exp}");
+        let (code, sch) = self
+            .call(
+                "POST",
+                "/v1/schedules",
+                Some(ADMIN),
+                Some(json!({
+                    "name": name,
+                    "experiment_id": exp["id"],
+                    "cron": cron,
+                    "time_zone": time_zone,
+                    "overlap": overlap,
+                })),
+            )
+            .await;
+        assert_eq!(code, 201, "{sch}");
+        sch["id"].as_str().expect("id").to_owned()
+    }
+
+    /// The schedule's runs (newest first) once there are at least `n`, polled
+    /// until `within`.
+    async fn runs_of(&self, schedule: &str, n: usize, within: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            let (_, runs) = self
+                .call(
+                    "GET",
+                    &format!("/v1/runs?schedule_id={schedule}"),
+                    Some(VIEWER),
+                    None,
+                )
+                .await;
+            let runs = runs.as_array().cloned().unwrap_or_default();
+            if runs.len() >= n {
+                return runs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fewer than {n} runs of the schedule within {within:?}: {runs:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn call(
         &self,
         method: &str,
@@ -763,52 +824,19 @@ async fn a_schedule_fires_and_its_run_appears(backend: Backend) {
     let f = fixture(backend).await;
     let (server, addr) = Child::http_server();
     let yaml = pause_yaml(addr, server.pid(), "500ms");
-    let (code, exp) = f
-        .call(
-            "POST",
-            "/v1/experiments",
-            Some(ADMIN),
-            Some(json!({ "yaml": yaml })),
+    let sch_id = f
+        .schedule(
+            &yaml,
+            "every-second",
+            "*/1 * * * * *",
+            "Europe/Berlin",
+            "skip",
         )
         .await;
-    assert_eq!(code, 201, "{exp}");
-    let (code, sch) = f
-        .call(
-            "POST",
-            "/v1/schedules",
-            Some(ADMIN),
-            Some(json!({
-                "name": "every-second",
-                "experiment_id": exp["id"],
-                "cron": "*/1 * * * * *",
-                "time_zone": "Europe/Berlin",
-                "overlap": "skip",
-            })),
-        )
-        .await;
-    assert_eq!(code, 201, "{sch}");
-    let sch_id = sch["id"].as_str().expect("id").to_owned();
     let created = Instant::now();
     // An every-second cron: the run appears within about a second.
-    let deadline = created + Duration::from_secs(5);
-    let run = loop {
-        let (_, runs) = f
-            .call(
-                "GET",
-                &format!("/v1/runs?schedule_id={sch_id}"),
-                Some(VIEWER),
-                None,
-            )
-            .await;
-        if let Some(r) = runs.as_array().and_then(|a| a.last()) {
-            break r.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no run of the schedule within 5 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let run = f.runs_of(&sch_id, 1, Duration::from_secs(5)).await;
+    let run = run.last().cloned().expect("a run");
     assert!(
         created.elapsed() < Duration::from_secs(3),
         "fired late: {:?}",
@@ -847,51 +875,10 @@ async fn a_replacing_schedule_aborts_the_run_still_going(backend: Backend) {
     let (server, addr) = Child::http_server();
     // Far longer than the schedule's period: every run is still going at the next fire.
     let yaml = pause_yaml(addr, server.pid(), "60s");
-    let (code, exp) = f
-        .call(
-            "POST",
-            "/v1/experiments",
-            Some(ADMIN),
-            Some(json!({ "yaml": yaml })),
-        )
+    let sch_id = f
+        .schedule(&yaml, "replace-me", "*/3 * * * * *", "UTC", "replace")
         .await;
-    assert_eq!(code, 201, "{exp}");
-    let (code, sch) = f
-        .call(
-            "POST",
-            "/v1/schedules",
-            Some(ADMIN),
-            Some(json!({
-                "name": "replace-me",
-                "experiment_id": exp["id"],
-                "cron": "*/3 * * * * *",
-                "time_zone": "UTC",
-                "overlap": "replace",
-            })),
-        )
-        .await;
-    assert_eq!(code, 201, "{sch}");
-    let sch_id = sch["id"].as_str().expect("id").to_owned();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let runs = loop {
-        let (_, runs) = f
-            .call(
-                "GET",
-                &format!("/v1/runs?schedule_id={sch_id}"),
-                Some(VIEWER),
-                None,
-            )
-            .await;
-        let runs = runs.as_array().cloned().unwrap_or_default();
-        if runs.len() >= 2 {
-            break runs;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no second fire within 20 s: {runs:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let runs = f.runs_of(&sch_id, 2, Duration::from_secs(20)).await;
     let (code, _) = f
         .call(
             "DELETE",
