@@ -130,11 +130,12 @@ pub(super) struct Monitor {
     during_violated: Vec<bool>,
     abort_checked: Option<Duration>,
     during_checked: Option<Duration>,
-    width: Option<Duration>,
+    /// The run clock's bucket width, which every probe's series shares.
+    width: Duration,
 }
 
 impl Monitor {
-    pub(super) fn new(exp: &Experiment) -> Self {
+    pub(super) fn new(exp: &Experiment, width: Duration) -> Self {
         Monitor {
             phase: Phase::Baseline,
             during_from: None,
@@ -142,7 +143,7 @@ impl Monitor {
             during_violated: vec![false; exp.during.len()],
             abort_checked: None,
             during_checked: None,
-            width: None,
+            width: width.max(Duration::from_nanos(1)),
         }
     }
 
@@ -155,17 +156,11 @@ impl Monitor {
         self.during_until = Some(end);
     }
 
-    /// The newest bucket boundary at or before `settled`, if later than `last`.
-    fn boundary(&mut self, probes: &IndexMap<String, ProbeHandle>, settled: Duration) -> Duration {
-        let width = *self.width.get_or_insert_with(|| {
-            probes
-                .values()
-                .next()
-                .map(|p| p.recorder().with(|s| s.width))
-                .unwrap_or(Duration::from_secs(1))
-        });
-        let n = settled.as_nanos() / width.as_nanos().max(1);
-        width.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX))
+    /// The bucket boundary at or before `at`.
+    fn floor(&self, at: Duration) -> Duration {
+        let n = at.as_nanos() / self.width.as_nanos();
+        self.width
+            .saturating_mul(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
     /// The first `abort_when` condition that has held for its `for`, as a record
@@ -176,7 +171,7 @@ impl Monitor {
         probes: &IndexMap<String, ProbeHandle>,
         settled: Duration,
     ) -> Option<VerdictRecord> {
-        let at = self.boundary(probes, settled);
+        let at = self.floor(settled);
         if at.is_zero() || self.abort_checked.is_some_and(|c| c >= at) {
             return None;
         }
@@ -211,11 +206,11 @@ impl Monitor {
         let Some(t0) = self.during_from else {
             return Vec::new();
         };
-        let mut at = self.boundary(probes, settled);
-        if let (Some(end), Some(w)) = (self.during_until, self.width) {
-            // The boundary at or after the end of the fault phase.
-            let n = end.as_nanos().div_ceil(w.as_nanos().max(1));
-            at = at.min(w.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX)));
+        let mut at = self.floor(settled);
+        if let Some(end) = self.during_until {
+            // Not past the boundary at or after the end of the fault phase.
+            let ceil = self.floor(end + self.width - Duration::from_nanos(1));
+            at = at.min(ceil);
         }
         if at <= t0 || self.during_checked.is_some_and(|c| c >= at) {
             return Vec::new();

@@ -362,16 +362,13 @@ impl Slots {
         now: Duration,
         every: Duration,
         clock: &Clock,
-    ) -> Option<Vec<Event>> {
+    ) -> Vec<Event> {
         let due: Vec<usize> = (0..self.slots.len())
             .filter(|&i| {
                 let s = &self.slots[i];
                 s.state == State::Active && now >= s.next_observe
             })
             .collect();
-        if due.is_empty() {
-            return None;
-        }
         let mut set = JoinSet::new();
         for &i in &due {
             let s = &mut self.slots[i];
@@ -402,7 +399,7 @@ impl Slots {
                 observation: o,
             });
         }
-        Some(events)
+        events
     }
 
     /// Reverts the slots `which` concurrently, each within `limit` if given.

@@ -258,7 +258,7 @@ impl<'a> Run<'a> {
         // Baseline: the SLA must hold before anything is injected.
         self.enter(Phase::Baseline);
         let baseline = baseline(self.exp);
-        let mut monitor = Monitor::new(self.exp);
+        let mut monitor = Monitor::new(self.exp, self.clock.bucket);
         if let Some(o) = self.wait_settled(baseline, &mut monitor).await {
             return o;
         }
@@ -300,14 +300,12 @@ impl<'a> Run<'a> {
             if let Some(reason) = self.slots.fatal.take() {
                 return self.abort(reason).await;
             }
-            if let Some(obs) = self
+            for e in self
                 .slots
                 .observe(now, self.opts.observe_every, &self.clock)
                 .await
             {
-                for e in obs {
-                    self.emit(e);
-                }
+                self.emit(e);
             }
             self.report_windows();
             for v in self.check_during(&mut monitor) {
