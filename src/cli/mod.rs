@@ -4,6 +4,8 @@
 
 mod agent;
 mod demo;
+mod guardian;
+mod host;
 mod plan;
 mod proxy;
 mod run;
@@ -89,6 +91,14 @@ enum Command {
     /// Run the standalone fault proxy with its Toxiproxy-compatible API, until
     /// Ctrl-C or SIGTERM.
     Proxy(proxy::ProxyArgs),
+    /// What faults are active or left on this host (a state directory's journal
+    /// and what is seen: nftables tables, stopped processes, lock sessions, GPU
+    /// state files) or on an agent, with their run, step and lease expiry.
+    Status(host::StatusArgs),
+    /// Revert everything found on this host, an agent or a controller's agents,
+    /// then confirm from outside. Exit 0 when nothing is left, 4 when something
+    /// could not be confirmed (named on stderr).
+    Halt(host::HaltArgs),
     /// Print the JSON Schema (draft 2020-12) of the experiment format.
     Schema,
     /// Print shell completions.
@@ -99,6 +109,9 @@ enum Command {
     /// Print the man page (roff) to stdout.
     #[command(hide = true)]
     Manpage,
+    /// The guardian of a run's in-process agent (started by `run` and `demo`).
+    #[command(hide = true)]
+    Guardian(guardian::GuardianArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -117,6 +130,9 @@ pub fn main() -> ExitCode {
         Command::Agent(args) => agent::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Proxy(args) => proxy::run(args),
+        Command::Status(args) => host::status(args),
+        Command::Halt(args) => host::halt(args),
+        Command::Guardian(args) => guardian::run(args),
         Command::Schema => print_json(&faultline_spec::schema::experiment_schema()),
         Command::Completions { shell } => {
             clap_complete::generate(

@@ -5,16 +5,17 @@
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal as _, Write as _};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use faultline_controller::connect::{ConnectError, Connector};
 use faultline_controller::engine::{self, Abort, Agents, RunOptions};
 use faultline_controller::journal::{Event, Journal, Phase, RunStatus};
-use faultline_spec::{Experiment, Inventory};
+use faultline_spec::{Experiment, Inventory, LOCAL_AGENT};
 use tokio::sync::mpsc;
 
+use super::guardian::Guardian;
 use super::{Output, exit};
 
 #[derive(Debug, clap::Args)]
@@ -71,21 +72,41 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
 }
 
 /// Connects the agents, runs the experiment with signal handling and progress,
-/// writes every requested output and returns the exit code.
+/// writes every requested output and returns the exit code. When the plan uses
+/// the in-process agent, a guardian process watches this one from before the
+/// first inject until the clean end, so a run killed mid-fault leaves nothing.
 pub async fn execute(
     exp: &Experiment,
     inventory: Inventory,
     seed: u64,
     out: &OutputArgs,
 ) -> anyhow::Result<u8> {
-    let (connector, agents) =
-        match connect(exp, inventory.clone(), seed, out.state_dir.as_deref()).await {
-            Ok(a) => a,
-            Err((code, e)) => {
-                eprintln!("error: {e:#}");
-                return Ok(code);
+    let dir = out
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| super::default_state_dir().join("local-agent"));
+    let connector = Connector::new(inventory.clone(), dir.clone());
+    let guardian = if uses_local(&connector, exp, seed) {
+        match Guardian::start(&dir).await {
+            Ok(g) => Some(g),
+            Err(e) => {
+                eprintln!("error: nothing injected: {e:#}");
+                return Ok(exit::ABORTED);
             }
-        };
+        }
+    } else {
+        None
+    };
+    let agents = match connect(&connector, exp, seed).await {
+        Ok(a) => a,
+        Err((code, e)) => {
+            eprintln!("error: {e:#}");
+            if let Some(g) = guardian {
+                g.release().await;
+            }
+            return Ok(code);
+        }
+    };
     let mut opts = RunOptions::new(engine::new_run_id(), seed);
     opts.inventory = inventory;
     let abort = opts.abort.clone();
@@ -98,20 +119,27 @@ pub async fn execute(
     signals.abort();
     let _ = progress.await;
     halt_local(&connector).await;
+    if let Some(g) = guardian {
+        g.release().await;
+    }
     write_outputs(&journal, out)
+}
+
+/// Whether the experiment's targets resolve to the in-process agent.
+fn uses_local(connector: &Connector, exp: &Experiment, seed: u64) -> bool {
+    connector.resolve(exp, seed).is_ok_and(|selections| {
+        selections
+            .values()
+            .any(|s| s.agents.iter().any(|a| a == LOCAL_AGENT))
+    })
 }
 
 /// One client per agent the plan uses; the in-process agent when `local` is.
 async fn connect(
+    connector: &Connector,
     exp: &Experiment,
-    inventory: Inventory,
     seed: u64,
-    state_dir: Option<&Path>,
-) -> Result<(Connector, Agents), (u8, anyhow::Error)> {
-    let dir = state_dir
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| super::default_state_dir().join("local-agent"));
-    let connector = Connector::new(inventory, dir);
+) -> Result<Agents, (u8, anyhow::Error)> {
     let agents = connector.agents(exp, seed).await.map_err(|e| {
         let code = match e {
             ConnectError::Local(_) => exit::ABORTED,
@@ -124,7 +152,7 @@ async fn connect(
             eprintln!("faultline: reverted {id}, left by a previous run");
         }
     }
-    Ok((connector, agents))
+    Ok(agents)
 }
 
 /// The engine reverted everything it injected; halting the in-process agent

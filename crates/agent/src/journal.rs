@@ -33,6 +33,10 @@ pub struct Entry {
     pub state: EntryState,
     /// The fault's own recovery state (`Fault::recovery`): stopped pids, table name.
     pub recovery: serde_json::Value,
+    /// When the lease lapses (RFC 3339, UTC), as of the last inject or renewal:
+    /// what `faultline status` shows for a fault nobody guards any more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,43 +78,10 @@ impl Journal {
     pub fn open(state_dir: &Path) -> Result<Self, JournalError> {
         let dir = state_dir.join("journal");
         fs::create_dir_all(&dir).map_err(err(&dir))?;
-        let lock_path = state_dir.join("journal.lock");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(err(&lock_path))?;
-        let mut lock = match nix::fcntl::Flock::lock(
-            file,
-            nix::fcntl::FlockArg::LockExclusiveNonblock,
-        ) {
-            Ok(l) => l,
-            Err((_, errno)) => {
-                let holder = fs::read_to_string(&lock_path).unwrap_or_default();
-                let holder = holder.trim();
-                let reason = if errno == nix::errno::Errno::EWOULDBLOCK {
-                    format!(
-                        "in use by another faultline process{}; give each agent its own state directory",
-                        if holder.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" (pid {holder})")
-                        }
-                    )
-                } else {
-                    format!("cannot lock: {errno}")
-                };
-                return Err(JournalError {
-                    path: lock_path,
-                    source: std::io::Error::other(reason),
-                });
-            }
-        };
-        // Who holds it, for the next one's error message.
-        let _ = lock.set_len(0);
-        let _ = writeln!(&mut *lock, "{}", std::process::id());
+        let lock = lock_owner(
+            &state_dir.join("journal.lock"),
+            "give each agent its own state directory",
+        )?;
         Ok(Self { dir, _lock: lock })
     }
 
@@ -166,37 +137,107 @@ impl Journal {
 
     /// Every entry, and the files that could not be read as one (kept, reported).
     pub fn load(&self) -> Result<Loaded, JournalError> {
-        let mut entries = Vec::new();
-        let mut bad = Vec::new();
-        for item in fs::read_dir(&self.dir).map_err(err(&self.dir))? {
-            let path = item.map_err(err(&self.dir))?.path();
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default();
-            if name.ends_with(".json.tmp") {
-                // A write cut short: the rename never happened, so the previous
-                // state (or none, before the first fsync) is the truth.
-                let _ = fs::remove_file(&path);
-                continue;
-            }
-            if !name.ends_with(".json") {
-                continue;
-            }
-            match fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<Entry>(&b).map_err(|e| e.to_string()))
-            {
-                Ok(e) => entries.push(e),
-                Err(e) => bad.push((path, e)),
-            }
-        }
-        entries.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(Loaded {
-            entries,
-            unreadable: bad,
-        })
+        read_entries(&self.dir, true)
     }
+
+    /// The entries under `<state_dir>/journal` as they are on disk, without taking
+    /// the owner lock or tidying anything: what `faultline status` reads while a
+    /// run or an agent may still own the journal. A missing directory is an empty
+    /// journal.
+    pub fn peek(state_dir: &Path) -> Result<Loaded, JournalError> {
+        let dir = state_dir.join("journal");
+        if !dir.exists() {
+            return Ok(Loaded::default());
+        }
+        read_entries(&dir, false)
+    }
+
+    /// The pid that holds `<state_dir>/journal.lock` now, if a live process does.
+    pub fn owner(state_dir: &Path) -> Option<u32> {
+        let path = state_dir.join("journal.lock");
+        let file = OpenOptions::new().read(true).open(&path).ok()?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
+            // Nobody holds it; dropping the flock releases it again at once.
+            Ok(_) => None,
+            Err(_) => fs::read_to_string(&path).ok()?.trim().parse().ok(),
+        }
+    }
+}
+
+/// Takes an exclusive, non-blocking `flock` on `path` (created if missing) and
+/// writes this process's pid into it, for the next claimant's error message. The
+/// kernel drops the lock when the process dies, so kill -9 leaves no stale lock.
+/// `hint` tells a refused claimant what to do.
+pub fn lock_owner(path: &Path, hint: &str) -> Result<nix::fcntl::Flock<File>, JournalError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(err(path))?;
+    let mut lock = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+    {
+        Ok(l) => l,
+        Err((_, errno)) => {
+            let holder = fs::read_to_string(path).unwrap_or_default();
+            let holder = holder.trim();
+            let reason = if errno == nix::errno::Errno::EWOULDBLOCK {
+                format!(
+                    "in use by another faultline process{}; {hint}",
+                    if holder.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (pid {holder})")
+                    }
+                )
+            } else {
+                format!("cannot lock: {errno}")
+            };
+            return Err(JournalError {
+                path: path.to_owned(),
+                source: std::io::Error::other(reason),
+            });
+        }
+    };
+    let _ = lock.set_len(0);
+    let _ = writeln!(&mut *lock, "{}", std::process::id());
+    Ok(lock)
+}
+
+fn read_entries(dir: &Path, tidy: bool) -> Result<Loaded, JournalError> {
+    let mut entries = Vec::new();
+    let mut bad = Vec::new();
+    for item in fs::read_dir(dir).map_err(err(dir))? {
+        let path = item.map_err(err(dir))?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name.ends_with(".json.tmp") {
+            // A write cut short: the rename never happened, so the previous
+            // state (or none, before the first fsync) is the truth.
+            if tidy {
+                let _ = fs::remove_file(&path);
+            }
+            continue;
+        }
+        if !name.ends_with(".json") {
+            continue;
+        }
+        match fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<Entry>(&b).map_err(|e| e.to_string()))
+        {
+            Ok(e) => entries.push(e),
+            Err(e) => bad.push((path, e)),
+        }
+    }
+    entries.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(Loaded {
+        entries,
+        unreadable: bad,
+    })
 }
 
 #[cfg(test)]
@@ -226,6 +267,7 @@ mod tests {
             lease: Duration::from_secs(2),
             state: EntryState::Intent,
             recovery: serde_json::json!({"procs": []}),
+            expires_at: None,
         }
     }
 

@@ -125,6 +125,11 @@ pub struct Manager {
     labels: BTreeMap<String, String>,
 }
 
+/// `now + lease` as RFC 3339, UTC, to the millisecond.
+fn expiry_stamp(lease: Duration) -> String {
+    humantime::format_rfc3339_millis(SystemTime::now() + lease.get()).to_string()
+}
+
 pub fn valid_id(id: &str) -> bool {
     (1..=128).contains(&id.len())
         && !id.starts_with('.')
@@ -261,6 +266,7 @@ impl Manager {
             lease: req.lease,
             state: EntryState::Intent,
             recovery: fault.recovery(),
+            expires_at: Some(expiry_stamp(req.lease)),
         };
         self.journal.write(&entry, true)?;
         fail::fail_point!("journaled-not-injected");
@@ -277,6 +283,7 @@ impl Manager {
         }
         fail::fail_point!("injected-not-journaled-active");
         entry.state = EntryState::Active;
+        entry.expires_at = Some(expiry_stamp(req.lease));
         self.journal.write(&entry, true)?;
         self.metrics.injects.inc();
         let mut active = Active {
@@ -318,6 +325,12 @@ impl Manager {
             return Err(ManagerError::Inject(e));
         }
         active.renew(lease);
+        // Informational (what `faultline status` shows once nobody guards the
+        // fault): a lost write costs a stale expiry, not safety, so no fsync.
+        active.entry.expires_at = Some(expiry_stamp(lease));
+        if let Err(e) = self.journal.write(&active.entry, false) {
+            tracing::warn!(%id, error = %e, "cannot journal a renewed lease's expiry");
+        }
         Ok(active.view(id))
     }
 
@@ -452,7 +465,9 @@ impl Manager {
 }
 
 /// Runs futures concurrently on this task (no spawn: they borrow the manager).
-async fn join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+pub(crate) async fn join_all<F: std::future::Future>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
     let mut set: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
     let mut out: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
     std::future::poll_fn(|cx| {

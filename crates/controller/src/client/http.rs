@@ -84,6 +84,12 @@ impl HttpClient {
         })
     }
 
+    /// `POST path` without a body, its JSON answer as it is: for calls beyond the
+    /// agent API, such as a controller's `POST /v1/halt`.
+    pub async fn post(&self, path: &str) -> Result<serde_json::Value, ClientError> {
+        self.call(Method::POST, path, None).await
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,

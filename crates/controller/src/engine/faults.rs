@@ -60,6 +60,20 @@ pub(super) struct Slots {
     pub(super) fatal: Option<String>,
 }
 
+/// The run, step and agent a fault id made by [`fault_id`] names, for `faultline
+/// status` on a host where only the agent's journal is left. Best effort: a step
+/// or agent name with characters an id cannot carry comes back as `-`, and an id
+/// made by anything else is `None`.
+pub fn parse_fault_id(id: &str) -> Option<(&str, &str, &str)> {
+    let (run, rest) = id.split_once('.')?;
+    let (index, rest) = rest.split_once('-')?;
+    if !run.starts_with("run-") || index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (step, agent) = rest.rsplit_once('.')?;
+    Some((run, step, agent))
+}
+
 /// `run-1a2b.03-lose-gpus.gpu-1`: unique per slot, valid as an agent fault id.
 fn fault_id(run_id: &str, index: usize, step: &str, agent: &str) -> String {
     let raw = format!("{run_id}.{index:02}-{step}.{agent}");
@@ -551,4 +565,23 @@ fn redacted(spec: &faultline_spec::FaultSpec) -> serde_json::Value {
         .ok()
         .and_then(|mut v| v.as_object_mut().and_then(|m| m.remove(spec.kind())))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fault_id_names_its_run_step_and_agent() {
+        let id = fault_id("run-00ab12cd34ef", 3, "lose-gpus", "gpu-1");
+        assert_eq!(id, "run-00ab12cd34ef.03-lose-gpus.gpu-1");
+        assert_eq!(
+            parse_fault_id(&id),
+            Some(("run-00ab12cd34ef", "lose-gpus", "gpu-1"))
+        );
+        let odd = fault_id("run-1", 12, "stall db", "local");
+        assert_eq!(parse_fault_id(&odd), Some(("run-1", "stall-db", "local")));
+        assert_eq!(parse_fault_id("my-own-fault"), None);
+        assert_eq!(parse_fault_id("run-1.x-step.local"), None);
+    }
 }

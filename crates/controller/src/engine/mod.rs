@@ -36,6 +36,7 @@ use crate::select::resolve;
 pub use checks::describe;
 use checks::{Monitor, point_of};
 use faults::Slots;
+pub use faults::parse_fault_id;
 
 /// The agents a run may use, by inventory name (`local` for the in-process one).
 pub type Agents = IndexMap<String, Arc<dyn AgentClient>>;
