@@ -57,9 +57,18 @@ impl Drop for Serve {
 /// Starts `faultline serve` and waits for the line that says where it listens;
 /// answers the process, the address and its earlier stderr lines.
 fn start_serve(dir: &Path, config: &Path) -> (Serve, SocketAddr, Vec<String>) {
+    start_serve_with(dir, config, &[])
+}
+
+fn start_serve_with(
+    dir: &Path,
+    config: &Path,
+    extra: &[&std::ffi::OsStr],
+) -> (Serve, SocketAddr, Vec<String>) {
     let mut serve = bin()
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg(config)
+        .args(extra)
         .arg("--state-dir")
         .arg(dir.join("state"))
         .stderr(Stdio::piped())
@@ -223,4 +232,110 @@ fn serve_refuses_to_listen_beyond_loopback_without_tokens() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("without API tokens"), "{stderr}");
+}
+
+/// `faultline status` and `faultline halt` against a running agent, then
+/// `faultline halt --controller` through the service that has it in its
+/// inventory: each revert confirmed from outside (the paused process runs).
+#[test]
+fn status_and_halt_reach_an_agent_and_a_controller() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut agent, agent_addr) = crate::agent::start_agent(dir.path());
+    let sleeper = Child::sleep();
+    let url = format!("http://{agent_addr}");
+    let token = dir.path().join("token");
+    let pause = |id: &str| {
+        let body = format!(
+            r#"{{"kind":"process.pause","params":{{"pid":{}}},"lease":"30s"}}"#,
+            sleeper.pid()
+        );
+        let (code, text) = http(
+            agent_addr,
+            "PUT",
+            &format!("/v1/faults/{id}"),
+            "e2e-token",
+            &body,
+        );
+        assert!(code == 200 || code == 201, "{code} {text}");
+        assert!(sleeper.is_stopped());
+    };
+    pause("run-0000000000aa.00-freeze.a1");
+    let out = bin()
+        .args([
+            "status",
+            "--output",
+            "json",
+            "--agent",
+            &url,
+            "--token-file",
+        ])
+        .arg(&token)
+        .output()
+        .expect("status");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let st: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(st["faults"][0]["kind"], "process.pause", "{st:#}");
+    assert_eq!(st["faults"][0]["run"], "run-0000000000aa", "{st:#}");
+    assert_eq!(st["faults"][0]["step"], "freeze", "{st:#}");
+    assert!(st["faults"][0]["expires_at"].is_string(), "{st:#}");
+
+    let out = bin()
+        .args(["halt", "--agent", &url, "--token-file"])
+        .arg(&token)
+        .output()
+        .expect("halt");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(!sleeper.is_stopped(), "halt --agent resumed it");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("reverted run-0000000000aa.00-freeze.a1"),
+        "{out:?}"
+    );
+
+    // The same through a controller that has the agent in its inventory.
+    let inventory = dir.path().join("inventory.yaml");
+    std::fs::write(
+        &inventory,
+        format!(
+            "agents:\n  a1: {{ url: '{url}', token_file: '{}' }}\n",
+            token.display()
+        ),
+    )
+    .expect("inventory");
+    let config = write_config(dir.path());
+    let (_serve, api, _) = start_serve_with(
+        dir.path(),
+        &config,
+        &["--inventory".as_ref(), inventory.as_os_str()],
+    );
+    pause("run-0000000000bb.00-freeze.a1");
+    let out = bin()
+        .args([
+            "halt",
+            "--controller",
+            &format!("http://{api}"),
+            "--token-file",
+        ])
+        .arg(dir.path().join("admin"))
+        .output()
+        .expect("halt --controller");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(!sleeper.is_stopped(), "halt --controller resumed it");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("run-0000000000bb.00-freeze.a1 on a1"),
+        "{out:?}"
+    );
+    // A viewer may not halt: refused, nothing claimed.
+    let out = bin()
+        .args([
+            "halt",
+            "--controller",
+            &format!("http://{api}"),
+            "--token-file",
+        ])
+        .arg(dir.path().join("viewer"))
+        .output()
+        .expect("halt --controller as viewer");
+    assert_ne!(out.status.code(), Some(0), "{out:?}");
+    let _ = agent.kill();
+    let _ = agent.wait();
 }

@@ -27,8 +27,14 @@ impl Child {
     /// ephemeral loopback port), to be probed, paused and killed; returns once it
     /// accepts connections.
     pub fn http_server() -> (Self, std::net::SocketAddr) {
+        Self::http_server_with(Command::new("python3"))
+    }
+
+    /// [`Child::http_server`] started by `python3`, a command that runs python3
+    /// (inside a network namespace: `NetNs::command("python3")`).
+    pub fn http_server_with(mut python3: Command) -> (Self, std::net::SocketAddr) {
         use std::io::BufRead as _;
-        let mut inner = Command::new("python3")
+        let mut inner = python3
             .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1"])
             .current_dir(std::env::temp_dir())
             .stdin(Stdio::null())

@@ -53,7 +53,7 @@ pub enum DbError {
     BadParams(String),
     #[error("cannot reach {target}: {reason}")]
     Unreachable { target: String, reason: String },
-    #[error("authentication failed for {target}: {reason}")]
+    #[error("authentication failed for {target}: {reason}{}", masked_hint(.target))]
     Auth { target: String, reason: String },
     #[error("{what} does not exist on {target}")]
     Missing { what: String, target: String },
@@ -65,6 +65,16 @@ pub enum DbError {
     Query { target: String, reason: String },
     #[error("revert not confirmed on {target}: {reason}")]
     NotReverted { target: String, reason: String },
+}
+
+/// A journal keeps an inline password masked (`user:***@`), so a fault rebuilt
+/// from it after a crash cannot log in with it: say how to avoid that.
+fn masked_hint(target: &str) -> &'static str {
+    if target.contains(":***@") {
+        "; the journal keeps inline passwords masked, so a recovery after a crash cannot use them: give the URL as `${env:NAME}` (the agent or the run's guardian resolves it from its environment)"
+    } else {
+        ""
+    }
 }
 
 /// Sessions waiting behind the fault's lock.
