@@ -212,14 +212,15 @@ fn faults_of(status: &serde_json::Value) -> Vec<(String, bool)> {
 }
 
 /// After kill -9 of the run: `clear` holds within 2 s, the guardian has exited,
-/// and `status` finds nothing. Returns how long it took; prints it (seen with
-/// `--nocapture`) for the table in docs/operations.md.
+/// and `status` (run in `ns`, where no other test's nftables tables are) finds
+/// nothing. Returns how long it took; prints it (seen with `--nocapture`) for
+/// the table in docs/operations.md.
 #[allow(clippy::print_stderr)]
 fn left_nothing(
     run: &Run,
     guardian: u32,
     killed: Instant,
-    ns: Option<&NetNs>,
+    ns: &NetNs,
     clear: impl Fn() -> bool,
 ) -> Duration {
     let ok = eventually_blocking(Duration::from_secs(2), || clear() && !alive(guardian));
@@ -230,7 +231,7 @@ fn left_nothing(
         alive(guardian)
     );
     let log = std::fs::read_to_string(run.state.join("guardian.log")).unwrap_or_default();
-    let st = status(ns, &run.state);
+    let st = status(Some(ns), &run.state);
     assert!(faults_of(&st).is_empty(), "{st:#}\nguardian.log: {log}");
     eprintln!("cleared {took:?} after kill -9; guardian.log: {log}");
     took
@@ -238,8 +239,9 @@ fn left_nothing(
 
 #[test]
 fn kill_9_after_preflight_leaves_nothing() {
+    let ns = NetNs::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (_server, addr) = Child::http_server();
+    let (_server, addr) = Child::http_server_with(ns.command("python3"));
     let target = Child::sleep();
     let exp = experiment(
         dir.path(),
@@ -249,11 +251,11 @@ fn kill_9_after_preflight_leaves_nothing() {
             target.pid()
         ),
     );
-    let mut run = Run::start(None, &exp, &dir.path().join("state"));
+    let mut run = Run::start(Some(&ns), &exp, &dir.path().join("state"));
     run.until("phase baseline");
     let guardian = run.guardian();
     let killed = run.kill9();
-    left_nothing(&run, guardian, killed, None, || !target.is_stopped());
+    left_nothing(&run, guardian, killed, &ns, || !target.is_stopped());
     assert!(!target.is_stopped());
 }
 
@@ -275,9 +277,7 @@ fn kill_9_mid_transparent_latency_leaves_no_redirect() {
     assert!(!nft_tables(&ns).is_empty(), "the redirect is in place");
     let guardian = run.guardian();
     let killed = run.kill9();
-    left_nothing(&run, guardian, killed, Some(&ns), || {
-        nft_tables(&ns).is_empty()
-    });
+    left_nothing(&run, guardian, killed, &ns, || nft_tables(&ns).is_empty());
     // The port answers directly again, inside the namespace.
     let out = ns
         .command("python3")
@@ -309,15 +309,14 @@ fn kill_9_mid_network_loss_leaves_no_table() {
     assert_eq!(nft_tables(&ns).len(), 1, "the loss table is in place");
     let guardian = run.guardian();
     let killed = run.kill9();
-    left_nothing(&run, guardian, killed, Some(&ns), || {
-        nft_tables(&ns).is_empty()
-    });
+    left_nothing(&run, guardian, killed, &ns, || nft_tables(&ns).is_empty());
 }
 
 #[test]
 fn kill_9_mid_process_pause_leaves_nothing_stopped() {
+    let ns = NetNs::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (_server, addr) = Child::http_server();
+    let (_server, addr) = Child::http_server_with(ns.command("python3"));
     let target = Child::sleep();
     let exp = experiment(
         dir.path(),
@@ -327,12 +326,12 @@ fn kill_9_mid_process_pause_leaves_nothing_stopped() {
             target.pid()
         ),
     );
-    let mut run = Run::start(None, &exp, &dir.path().join("state"));
+    let mut run = Run::start(Some(&ns), &exp, &dir.path().join("state"));
     run.until("injected freeze");
     assert!(target.is_stopped());
     let guardian = run.guardian();
     let killed = run.kill9();
-    left_nothing(&run, guardian, killed, None, || !target.is_stopped());
+    left_nothing(&run, guardian, killed, &ns, || !target.is_stopped());
 }
 
 /// `psql` against the test server: the command's success.
@@ -350,6 +349,9 @@ fn psql(sql: &str) -> Result<(), String> {
 
 #[test]
 fn kill_9_mid_db_lock_on_postgres_leaves_no_lock() {
+    // PostgreSQL listens on the host's loopback, so the run is on the host;
+    // `status` looks from a namespace of its own.
+    let ns = NetNs::new();
     let dir = tempfile::tempdir().expect("tempdir");
     let (_server, addr) = Child::http_server();
     let table = format!("fl_guard_{}", std::process::id());
@@ -381,7 +383,7 @@ fn kill_9_mid_db_lock_on_postgres_leaves_no_lock() {
     assert!(write().is_err(), "the lock blocks a writer");
     let guardian = run.guardian();
     let killed = run.kill9();
-    left_nothing(&run, guardian, killed, None, || write().is_ok());
+    left_nothing(&run, guardian, killed, &ns, || write().is_ok());
     let _ = psql(&format!("DROP TABLE IF EXISTS {table}"));
 }
 
@@ -399,9 +401,7 @@ fn kill_9_after_the_last_revert_leaves_nothing() {
     run.until("reverted ");
     let guardian = run.guardian();
     let killed = run.kill9();
-    left_nothing(&run, guardian, killed, Some(&ns), || {
-        nft_tables(&ns).is_empty()
-    });
+    left_nothing(&run, guardian, killed, &ns, || nft_tables(&ns).is_empty());
 }
 
 #[test]

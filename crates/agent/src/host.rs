@@ -99,6 +99,11 @@ pub enum HostError {
 
 /// Looks at the journal under `state_dir` (without taking it) and at the host.
 pub async fn survey(state_dir: &Path) -> Survey {
+    survey_with(state_dir, true).await
+}
+
+/// [`survey`]; `scan_host` false looks at the journal's faults only.
+async fn survey_with(state_dir: &Path, scan_host: bool) -> Survey {
     let mut survey = Survey {
         state_dir: state_dir.to_owned(),
         owner: Journal::owner(state_dir),
@@ -146,6 +151,9 @@ pub async fn survey(state_dir: &Path) -> Survey {
         }
     });
     survey.faults.extend(crate::manager::join_all(checks).await);
+    if !scan_host {
+        return survey;
+    }
     match orphan_tables(&loaded.entries).await {
         Ok(tables) => survey
             .faults
@@ -181,7 +189,9 @@ async fn orphan_tables(entries: &[crate::journal::Entry]) -> Result<Vec<String>,
 /// Reverts everything the journal under `state_dir` holds (taking it, so it is
 /// refused while a live process owns it) and, with `orphans`, deletes the
 /// `faultline_*` nftables tables no entry accounts for; then surveys again, so
-/// that what is reported left is what is seen, not what was hoped.
+/// that what is reported left is what is seen, not what was hoped. Without
+/// `orphans` (the guardian: what its run journaled is all it answers for) the
+/// host is not searched.
 pub async fn halt(state_dir: &Path, orphans: bool) -> Result<HostHalt, HostError> {
     let mut out = HostHalt::default();
     if state_dir.join("journal").exists() {
@@ -205,14 +215,14 @@ pub async fn halt(state_dir: &Path, orphans: bool) -> Result<HostHalt, HostError
             delete_orphans(&entries, &mut out).await;
         }
         // Surveyed while still holding the journal, so nobody injects between.
-        out.left = survey(state_dir).await;
+        out.left = survey_with(state_dir, orphans).await;
         out.left.owner = None;
         drop(manager);
     } else {
         if orphans {
             delete_orphans(&[], &mut out).await;
         }
-        out.left = survey(state_dir).await;
+        out.left = survey_with(state_dir, orphans).await;
     }
     Ok(out)
 }
