@@ -708,6 +708,16 @@ fn serve_http(conn: std::net::TcpStream) {
         if r.read_exact(&mut body).is_err() {
             return;
         }
+        let route = path.split('?').next().unwrap_or_default();
+        if route == "/sse" {
+            if write_sse(&mut w, &path).is_err() || close {
+                return;
+            }
+            continue;
+        }
+        if route == "/slow" {
+            std::thread::sleep(Duration::from_millis(query(&path, "ms", 100)));
+        }
         let text = format!("ok {method} {path}");
         let resp = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{text}",
@@ -719,11 +729,46 @@ fn serve_http(conn: std::net::TcpStream) {
     }
 }
 
+/// Query parameter `key` of `path` as a number.
+fn query(path: &str, key: &str, default: u64) -> u64 {
+    path.split_once('?')
+        .map_or("", |(_, q)| q)
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `/sse?n=N&gap_ms=G`: N SSE events, one chunk each, G ms apart, then
+/// `data: [DONE]`, as an OpenAI-style completion streams.
+fn write_sse(w: &mut std::net::TcpStream, path: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    w.write_all(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+    )?;
+    let (n, gap) = (query(path, "n", 5), query(path, "gap_ms", 10));
+    for i in 0..=n {
+        if i > 0 && gap > 0 {
+            std::thread::sleep(Duration::from_millis(gap));
+        }
+        let event = if i < n {
+            format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"t{i}\"}}}}]}}\n\n")
+        } else {
+            "data: [DONE]\n\n".to_owned()
+        };
+        w.write_all(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes())?;
+    }
+    w.write_all(b"0\r\n\r\n")
+}
+
 /// One HTTP response as a client saw it.
 #[derive(Debug)]
 struct Reply {
     status: u16,
     retry_after: Option<String>,
+    /// Every header, names in lower case.
+    headers: Vec<(String, String)>,
     body: String,
     took: Duration,
 }
@@ -733,13 +778,18 @@ fn parse_reply(raw: &str, took: Duration) -> Option<Reply> {
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw, ""));
     let mut lines = head.lines();
     let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
-    let retry_after = lines
+    let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("retry-after"))
-        .map(|(_, v)| v.trim().to_owned());
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let retry_after = headers
+        .iter()
+        .find(|(k, _)| k == "retry-after")
+        .map(|(_, v)| v.clone());
     Some(Reply {
         status,
         retry_after,
+        headers,
         body: body.to_owned(),
         took,
     })
@@ -952,6 +1002,8 @@ async fn http_delay_holds_matching_requests_back() {
 struct TransparentHttp {
     ns: faultline_testkit::NetNs,
     port: u16,
+    /// The path `effect_visible` POSTs to.
+    probe: &'static str,
     kind: &'static str,
     params: serde_json::Value,
     affected: fn(&Reply) -> bool,
@@ -970,6 +1022,7 @@ impl TransparentHttp {
         let case = Self {
             ns,
             port,
+            probe: "/v1/complete",
             kind,
             params: params(port),
             affected,
@@ -1024,7 +1077,7 @@ impl ComplianceCase for TransparentHttp {
         spec(self.kind, self.params.clone())
     }
     async fn effect_visible(&mut self) -> bool {
-        self.curl("POST", "/v1/complete")
+        self.curl("POST", self.probe)
             .await
             .is_some_and(|r| (self.affected)(&r))
     }
@@ -1326,4 +1379,315 @@ async fn transparent_revert_resets_a_connection_busy_past_the_drain_bound() {
             && took < TRANSPARENT_DRAIN + Duration::from_millis(500),
         "the revert waits out the drain, and no longer: {took:?}"
     );
+}
+
+// === LLM gateway faults: rate limit, queue, and faults on streamed responses ===
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+    /// SSE events with content, and whether `[DONE]` was one of them.
+    fn events(&self) -> (usize, bool) {
+        let done = self.body.contains("data: [DONE]");
+        (
+            self.body.matches("data: ").count() - usize::from(done),
+            done,
+        )
+    }
+}
+
+fn limited_like_openai(r: &Reply) -> bool {
+    r.status == 429
+        && r.retry_after.is_some()
+        && r.header("x-ratelimit-limit-requests") == Some("1")
+        && r.header("x-ratelimit-remaining-requests") == Some("0")
+        && r.header("x-ratelimit-reset-requests").is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_rate_limit_answers_429_with_openai_headers_past_the_bucket() {
+    // One request a minute: the first of each fault passes, the next is limited.
+    let mut case = Gateway::new(
+        "http.rate_limit",
+        json!({ "rate": "1/m", "burst": 1 }),
+        ("POST", "/v1/chat/completions"),
+        limited_like_openai,
+    );
+    let id = format!("http-rl-{}", case.listen.port());
+    assert_fault_compliance(&id, &mut case).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_rate_limit_of_10_per_second_lets_10_a_second_through() {
+    let case = Gateway::new(
+        "http.rate_limit",
+        json!({ "rate": "10/s", "path": "/v1" }),
+        ("GET", "/v1/models"),
+        |r| r.status == 429,
+    );
+    let id = format!("http-rl-rate-{}", case.listen.port());
+    let mut fault = faultline_faults::build(
+        &id,
+        &spec(case.kind, case.params.clone()),
+        Duration::from_secs(30),
+    )
+    .expect("build");
+    fault.inject().await.expect("inject");
+    // The burst is one second of the rate: 10 pass at once, then 429.
+    let mut burst = 0;
+    while case
+        .send("GET", "/v1/models")
+        .await
+        .expect("a reply")
+        .status
+        == 200
+    {
+        burst += 1;
+        assert!(burst <= 12, "the bucket never emptied");
+    }
+    assert!((10..=11).contains(&burst), "{burst}");
+    // Offered 40/s for 2 s, 10 +- 1 a second get through; the rest are 429.
+    let start = tokio::time::Instant::now();
+    let (mut ok, mut limited) = (0u32, 0u32);
+    for i in 0..80u32 {
+        tokio::time::sleep_until(start + Duration::from_millis(25) * i).await;
+        let r = case.send("GET", "/v1/models").await.expect("a reply");
+        match r.status {
+            200 => ok += 1,
+            429 => {
+                limited += 1;
+                assert_eq!(r.header("x-ratelimit-limit-requests"), Some("10"));
+                assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("0"));
+                assert_eq!(r.retry_after.as_deref(), Some("1"));
+            }
+            s => panic!("status {s}"),
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    assert!(
+        (9.0..=11.0).contains(&(f64::from(ok) / secs)),
+        "{ok} of 80 in {secs:.2} s"
+    );
+    // Other paths are not limited.
+    assert_eq!(
+        case.send("GET", "/health").await.expect("a reply").status,
+        200
+    );
+    let seen = fault.observe().await;
+    assert_eq!(
+        figures(&seen, "rate_limited"),
+        u64::from(limited) + 1,
+        "{seen:?}"
+    );
+    faultline_faults::revert_and_verify(fault.as_mut())
+        .await
+        .expect("revert");
+    assert!(
+        case.send("GET", "/v1/models").await.is_none(),
+        "listener left"
+    );
+}
+
+#[tokio::test]
+async fn http_rate_limit_transparent_mode_limits_each_client_address() {
+    let mut case = TransparentHttp::new(
+        "http.rate_limit",
+        |port| json!({ "port": port, "rate": "1/m", "burst": 1, "key": "client_ip" }),
+        limited_like_openai,
+    )
+    .await;
+    let id = format!("tp-http-rl-{}", case.ns.name);
+    assert_fault_compliance(&id, &mut case).await;
+}
+
+/// `http.queue` of one slot and no queue: of two slow requests at once, one is
+/// turned away at once with 503.
+struct QueueCase(Gateway);
+
+impl ComplianceCase for QueueCase {
+    fn spec(&mut self) -> FaultSpec {
+        self.0.spec()
+    }
+    async fn effect_visible(&mut self) -> bool {
+        let (a, b) = tokio::join!(
+            self.0.send("GET", "/slow?ms=300"),
+            self.0.send("GET", "/slow?ms=300")
+        );
+        let statuses = [a.map(|r| r.status), b.map(|r| r.status)];
+        statuses.contains(&Some(503)) && statuses.contains(&Some(200))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_queue_turns_away_what_it_cannot_hold() {
+    let mut case = QueueCase(Gateway::new(
+        "http.queue",
+        json!({ "concurrency": 1, "queue": 0, "timeout": "1s" }),
+        ("GET", "/slow"),
+        |r| r.status == 503,
+    ));
+    let id = format!("http-queue-{}", case.0.listen.port());
+    assert_fault_compliance(&id, &mut case).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_queue_of_concurrency_2_delays_more_under_more_load_then_503() {
+    let case = Gateway::new(
+        "http.queue",
+        json!({ "concurrency": 2, "timeout": "350ms" }),
+        ("GET", "/slow"),
+        |r| r.status == 503,
+    );
+    let id = format!("http-queue-load-{}", case.listen.port());
+    let mut fault = faultline_faults::build(
+        &id,
+        &spec(case.kind, case.params.clone()),
+        Duration::from_secs(30),
+    )
+    .expect("build");
+    fault.inject().await.expect("inject");
+    // 100 ms of service: 2, 4 and 6 at once queue for 0, 1 and 2 rounds.
+    let mut means = Vec::new();
+    for n in [2usize, 4, 6] {
+        let replies = futures_join(&case, n).await;
+        assert!(replies.iter().all(|r| r.status == 200), "{n}: {replies:?}");
+        let total: Duration = replies.iter().map(|r| r.took).sum();
+        means.push(total / n as u32);
+    }
+    assert!(means[0] < means[1] && means[1] < means[2], "{means:?}");
+    // 10 at once: those that would wait 400 ms or more are answered 503 at the
+    // queue timeout.
+    let replies = futures_join(&case, 10).await;
+    let rejected: Vec<&Reply> = replies.iter().filter(|r| r.status == 503).collect();
+    assert!((2..=6).contains(&rejected.len()), "{replies:?}");
+    assert!(
+        rejected
+            .iter()
+            .all(|r| r.took >= Duration::from_millis(340)),
+        "{replies:?}"
+    );
+    let seen = fault.observe().await;
+    assert_eq!(
+        figures(&seen, "queue_rejected"),
+        rejected.len() as u64,
+        "{seen:?}"
+    );
+    faultline_faults::revert_and_verify(fault.as_mut())
+        .await
+        .expect("revert");
+    assert!(case.send("GET", "/slow").await.is_none(), "listener left");
+}
+
+/// `n` requests to `/slow?ms=100` at once.
+async fn futures_join(case: &Gateway, n: usize) -> Vec<Reply> {
+    let listen = case.listen;
+    let tasks: Vec<_> = (0..n)
+        .map(|_| tokio::spawn(async move { http_request(listen, "GET", "/slow?ms=100").await }))
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.expect("task").expect("a reply"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_stream_stall_holds_a_stream_and_passes_other_responses_through() {
+    let mut case = Gateway::new(
+        "http.stream_stall",
+        json!({ "after_events": 1, "hold": "400ms", "path": "/sse" }),
+        ("GET", "/sse?n=3&gap_ms=0"),
+        |r| r.status == 200 && r.events() == (3, true) && r.took >= Duration::from_millis(390),
+    );
+    let id = format!("http-stall-{}", case.listen.port());
+    assert_fault_compliance(&id, &mut case).await;
+
+    let mut fault =
+        faultline_faults::build(&id, &case.spec(), Duration::from_secs(30)).expect("build");
+    fault.inject().await.expect("inject");
+    // A response with a length is not a stream: it passes unchanged, at once.
+    let r = case.send("GET", "/sse-not/x").await.expect("a reply");
+    assert_eq!(r.body, "ok GET /sse-not/x");
+    assert!(r.took < Duration::from_millis(300), "{r:?}");
+    let seen = fault.observe().await;
+    assert_eq!(
+        (figures(&seen, "streams"), figures(&seen, "stalled")),
+        (0, 0),
+        "{seen:?}"
+    );
+    faultline_faults::revert_and_verify(fault.as_mut())
+        .await
+        .expect("revert");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_stream_stall_then_cut_ends_the_stream_without_done() {
+    let mut case = Gateway::new(
+        "http.stream_stall",
+        json!({ "after_events": 2, "hold": "300ms", "then": "cut" }),
+        ("GET", "/sse?n=5&gap_ms=0"),
+        // Raw bytes up to the cut: two events, no [DONE], no final chunk.
+        |r| {
+            r.events() == (2, false)
+                && !r.body.ends_with("0\r\n\r\n")
+                && r.took >= Duration::from_millis(290)
+        },
+    );
+    let id = format!("http-stall-cut-{}", case.listen.port());
+    assert_fault_compliance(&id, &mut case).await;
+}
+
+#[tokio::test]
+async fn http_stream_stall_transparent_mode_captures_a_port() {
+    let mut case = TransparentHttp::new(
+        "http.stream_stall",
+        |port| json!({ "port": port, "hold": "500ms" }),
+        |r| r.status == 200 && r.events() == (3, true) && r.took >= Duration::from_millis(490),
+    )
+    .await;
+    case.probe = "/sse?n=3&gap_ms=0";
+    let id = format!("tp-http-stall-{}", case.ns.name);
+    assert_fault_compliance(&id, &mut case).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_stream_slow_paces_events() {
+    let mut case = Gateway::new(
+        "http.stream_slow",
+        json!({ "rate": "10/s" }),
+        ("GET", "/sse?n=5&gap_ms=0"),
+        // 6 events (with [DONE]) a tenth of a second apart: 500 ms at least.
+        |r| r.events() == (5, true) && r.took >= Duration::from_millis(490),
+    );
+    let id = format!("http-slow-{}", case.listen.port());
+    assert_fault_compliance(&id, &mut case).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_stream_truncate_ends_after_n_events() {
+    let mut case = Gateway::new(
+        "http.stream_truncate",
+        json!({ "after_events": 2 }),
+        ("GET", "/sse?n=6&gap_ms=0"),
+        |r| r.status == 200 && r.events() == (2, false) && r.body.ends_with("0\r\n\r\n"),
+    );
+    let id = format!("http-trunc-{}", case.listen.port());
+    assert_fault_compliance(&id, &mut case).await;
+}
+
+#[tokio::test]
+async fn http_stream_truncate_transparent_mode_with_done() {
+    let mut case = TransparentHttp::new(
+        "http.stream_truncate",
+        |port| json!({ "port": port, "after_events": 2, "done": true }),
+        |r| r.status == 200 && r.events() == (2, true),
+    )
+    .await;
+    case.probe = "/sse?n=6&gap_ms=0";
+    let id = format!("tp-http-trunc-{}", case.ns.name);
+    assert_fault_compliance(&id, &mut case).await;
 }
