@@ -182,6 +182,12 @@ impl HttpFault {
                 .is_none_or(|p| path.starts_with(p))
     }
 
+    /// Checks the parameters as [`HttpProxy::start`] and
+    /// [`HttpProxy::set_faults`] do.
+    pub fn check(&self) -> Result<(), ProxyError> {
+        self.validate()
+    }
+
     fn validate(&self) -> Result<(), ProxyError> {
         if !(0.0..=1.0).contains(&self.probability) {
             return Err(ProxyError::BadRequestBody(format!(
