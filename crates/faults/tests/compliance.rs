@@ -1691,3 +1691,188 @@ async fn http_stream_truncate_transparent_mode_with_done() {
     let id = format!("tp-http-trunc-{}", case.ns.name);
     assert_fault_compliance(&id, &mut case).await;
 }
+
+// === network.skew: one hot backend, counted at the backends ===
+
+/// Three backends and a stats port in one python process inside the
+/// namespace: each backend counts its connections, answers its own port and
+/// closes; the stats port answers the counts as JSON.
+const BACKENDS: &str = r#"
+import json, socket, sys, threading
+host = sys.argv[1]
+socks = [socket.create_server((host, 0)) for _ in range(4)]
+ports = [s.getsockname()[1] for s in socks]
+counts = {str(p): 0 for p in ports[:3]}
+lock = threading.Lock()
+def serve(s, port):
+    while True:
+        c, _ = s.accept()
+        with lock:
+            counts[str(port)] += 1
+        c.sendall(b"%d\n" % port)
+        c.close()
+def stats(s):
+    while True:
+        c, _ = s.accept()
+        with lock:
+            body = json.dumps(counts)
+        c.sendall(body.encode() + b"\n")
+        c.close()
+for s, p in zip(socks[:3], ports[:3]):
+    threading.Thread(target=serve, args=(s, p), daemon=True).start()
+threading.Thread(target=stats, args=(socks[3],), daemon=True).start()
+print(json.dumps(ports), flush=True)
+threading.Event().wait()
+"#;
+
+/// A round-robin balancer on this side of the veth in front of the three
+/// backends in the namespace; the fault skews the balancer's port.
+struct Skew {
+    // Dropped before the namespace it runs in.
+    _backends: tokio::process::Child,
+    ns: faultline_testkit::NetNs,
+    backends: [u16; 3],
+    stats: u16,
+    balancer: SocketAddr,
+    share: &'static str,
+}
+
+impl Skew {
+    async fn new(share: &'static str) -> Self {
+        use tokio::io::AsyncBufReadExt as _;
+        let ns = faultline_testkit::NetNs::new();
+        let mut child = python_in(&ns, BACKENDS, &[ns.ns_ip.to_string()]);
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::BufReader::new(stdout).read_line(&mut line),
+        )
+        .await
+        .expect("the backends start")
+        .expect("read their ports");
+        let ports: Vec<u16> = serde_json::from_str(&line).expect("ports as JSON");
+        let backends = [ports[0], ports[1], ports[2]];
+        let listener = TcpListener::bind((ns.host_ip, 0)).expect("bind the balancer");
+        let balancer = listener.local_addr().expect("addr");
+        let ns_ip = ns.ns_ip;
+        std::thread::spawn(move || {
+            use std::io::{Read as _, Write as _};
+            for (i, conn) in listener.incoming().enumerate() {
+                let Ok(mut conn) = conn else { break };
+                let to = SocketAddr::from((ns_ip, backends[i % 3]));
+                let mut reply = Vec::new();
+                if let Ok(mut b) = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))
+                {
+                    let _ = b.read_to_end(&mut reply);
+                }
+                let _ = conn.write_all(&reply);
+            }
+        });
+        Self {
+            _backends: child,
+            ns,
+            backends,
+            stats: ports[3],
+            balancer,
+            share,
+        }
+    }
+
+    /// Connections each backend has answered, asked of the backends.
+    async fn counts(&self) -> [u64; 3] {
+        use tokio::io::AsyncReadExt as _;
+        let mut s = tokio::net::TcpStream::connect((self.ns.ns_ip, self.stats))
+            .await
+            .expect("the backends' stats");
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.expect("stats");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("stats JSON");
+        self.backends
+            .map(|p| v[p.to_string()].as_u64().expect("a count per backend"))
+    }
+
+    /// `n` new connections through the balancer's port, one after the other;
+    /// how many each backend answered.
+    async fn spread(&self, n: usize) -> [u64; 3] {
+        use tokio::io::AsyncReadExt as _;
+        let before = self.counts().await;
+        for _ in 0..n {
+            let mut s = tokio::time::timeout(
+                Duration::from_secs(3),
+                tokio::net::TcpStream::connect(self.balancer),
+            )
+            .await
+            .expect("connect in time")
+            .expect("connect");
+            let mut reply = String::new();
+            tokio::time::timeout(Duration::from_secs(3), s.read_to_string(&mut reply))
+                .await
+                .expect("a reply in time")
+                .expect("a reply");
+            assert!(!reply.trim().is_empty(), "a backend answered");
+        }
+        let after = self.counts().await;
+        [0, 1, 2].map(|i| after[i] - before[i])
+    }
+}
+
+impl ComplianceCase for Skew {
+    fn spec(&mut self) -> FaultSpec {
+        spec(
+            "network.skew",
+            json!({
+                "port": self.balancer.port(),
+                "to": format!("{}:{}", self.ns.ns_ip, self.backends[1]),
+                "share": self.share,
+            }),
+        )
+    }
+    async fn effect_visible(&mut self) -> bool {
+        self.spread(12).await == [0, 12, 0]
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_skew_of_100_percent_sends_every_new_connection_to_one_backend() {
+    let mut case = Skew::new("100%").await;
+    assert_eq!(case.spread(12).await, [4, 4, 4], "round robin before");
+    let id = format!("skew-{}", case.ns.name);
+    assert_fault_compliance(&id, &mut case).await;
+    // The revert restored the balancer's spread.
+    assert_eq!(case.spread(12).await, [4, 4, 4], "round robin after");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_skew_of_a_share_leaves_the_rest_to_the_balancer() {
+    let case = Skew::new("50%").await;
+    let id = format!("skew-half-{}", case.ns.name);
+    let mut fault = faultline_faults::build(
+        &id,
+        &spec(
+            "network.skew",
+            json!({
+                "port": case.balancer.port(),
+                "to": format!("{}:{}", case.ns.ns_ip, case.backends[0]),
+                "share": case.share,
+            }),
+        ),
+        Duration::from_secs(30),
+    )
+    .expect("build");
+    fault.inject().await.expect("inject");
+    let got = case.spread(90).await;
+    faultline_faults::revert_and_verify(fault.as_mut())
+        .await
+        .expect("revert");
+    // The hot one gets the skewed S ~ Binomial(90, 0.5) and a third of the
+    // rest: 30 + 2S/3, 60 expected; 45..=85 is S in 23..=82, beyond 4.5
+    // standard deviations.
+    assert_eq!(got.iter().sum::<u64>(), 90);
+    assert!((45..=85).contains(&got[0]), "{got:?}");
+    assert!(
+        got[1] >= 3 && got[2] >= 3,
+        "the balancer still spreads: {got:?}"
+    );
+    assert_eq!(case.spread(12).await, [4, 4, 4], "round robin after");
+}
