@@ -624,3 +624,54 @@ async fn a_queue_slot_is_held_until_a_streamed_body_ends() {
     // The short request waited for the whole stream (about 240 ms).
     assert!(short.took >= Duration::from_millis(200), "{short:?}");
 }
+
+// === drain ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_lets_held_streams_and_queued_requests_go_at_once() {
+    let (up, served) = upstream().await;
+    let p = Arc::new(
+        proxy(
+            up,
+            vec![
+                stall(1, 10_000, true),
+                HttpFault::new(HttpFaultKind::Queue {
+                    concurrency: 1,
+                    queue: 10,
+                    timeout_ms: 10_000,
+                }),
+            ],
+        )
+        .await,
+    );
+    let addr = p.local_addr();
+    let stream = tokio::spawn(async move { get(addr, "/sse?n=4&gap_ms=0", &[], "\n\n").await });
+    // The stream holds the only slot; a second request queues behind it.
+    let deadline = Instant::now() + LIMIT;
+    while served.load(Ordering::SeqCst) == 0 || p.stats().stalled == 0 {
+        assert!(Instant::now() < deadline, "the stream never stalled");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let queued = tokio::spawn(async move { get(addr, "/json", &[], "\n").await });
+    while p.stats().queue_waiting == 0 {
+        assert!(Instant::now() < deadline, "nothing queued");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let drained = Instant::now();
+    p.begin_drain();
+    let (stream, queued) = (stream.await.unwrap(), queued.await.unwrap());
+    // Neither waited for its 10 s; the stream was neither held nor cut.
+    assert!(
+        drained.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        drained.elapsed()
+    );
+    assert_eq!(
+        (stream.data_events(), stream.has_done()),
+        (4, true),
+        "{stream:?}"
+    );
+    assert!(stream.error.is_none(), "{stream:?}");
+    assert_eq!(queued.status, 200);
+    assert_eq!(p.stats().cut, 0);
+}
