@@ -4,8 +4,8 @@
 //!
 //! An event is what a streaming client consumes as one unit: an SSE event (lines
 //! up to a blank line) for `text/event-stream`, a line for any other chunked
-//! body (NDJSON, as Ollama-style APIs stream). A response that is neither, one
-//! with a `content-length`, is never wrapped: stream faults pass it through.
+//! body (NDJSON, as Ollama-style APIs stream). A response that is neither, or
+//! has a `content-length`, is never wrapped: stream faults pass it through.
 //!
 //! Limits of the data path: frames from the upstream are forwarded as they come,
 //! split only where a fault acts (after the Nth event, or after every event when
@@ -54,6 +54,11 @@ impl Framing {
     /// The framing of a response, or `None` when it is not streamed (it has a
     /// length, or is not chunked): stream faults leave those alone.
     pub(crate) fn of(headers: &HeaderMap) -> Option<Framing> {
+        // A body of a known length is whole before it is read: not a stream,
+        // and changing it would contradict its header.
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            return None;
+        }
         let is_sse = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -70,7 +75,7 @@ impl Framing {
                 .windows(7)
                 .any(|w| w.eq_ignore_ascii_case(b"chunked"))
         });
-        (chunked && !headers.contains_key(header::CONTENT_LENGTH)).then_some(Framing::Lines)
+        chunked.then_some(Framing::Lines)
     }
 }
 
@@ -429,5 +434,11 @@ mod tests {
         h.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
         h.insert(header::CONTENT_LENGTH, "12".parse().unwrap());
         assert_eq!(Framing::of(&h), None);
+        h.insert(header::CONTENT_TYPE, "text/event-stream".parse().unwrap());
+        assert_eq!(
+            Framing::of(&h),
+            None,
+            "an event stream with a length is whole"
+        );
     }
 }
