@@ -855,6 +855,10 @@ impl Gateway {
     async fn send(&self, method: &str, path: &str) -> Option<Reply> {
         http_request(self.listen, method, path).await
     }
+
+    fn spec_of(&self) -> FaultSpec {
+        spec(self.kind, self.params.clone())
+    }
 }
 
 impl ComplianceCase for Gateway {
@@ -1875,4 +1879,64 @@ async fn network_skew_of_a_share_leaves_the_rest_to_the_balancer() {
         "the balancer still spreads: {got:?}"
     );
     assert_eq!(case.spread(12).await, [4, 4, 4], "round robin after");
+}
+
+/// GET `path` from `addr` on a connection of its own; when each SSE event's end
+/// arrived, from the request.
+async fn sse_event_times(addr: SocketAddr, path: &str) -> Vec<Duration> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    let start = std::time::Instant::now();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: g\r\nconnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    let (mut seen, mut times, mut buf) = (String::new(), Vec::new(), [0u8; 4096]);
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("no stall past 5 s")
+            .expect("read");
+        if n == 0 {
+            return times;
+        }
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        let ends = seen.matches("\n\n").count();
+        times.resize(ends, start.elapsed());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_stream_stall_of_2s_shows_as_one_2s_gap_between_events() {
+    let case = Gateway::new(
+        "http.stream_stall",
+        json!({ "after_events": 2, "hold": "2s", "then": "continue" }),
+        ("GET", "/sse"),
+        |_| true,
+    );
+    let id = format!("http-stall-2s-{}", case.listen.port());
+    let mut fault =
+        faultline_faults::build(&id, &case.spec_of(), Duration::from_secs(30)).expect("build");
+    fault.inject().await.expect("inject");
+    let times = sse_event_times(case.listen, "/sse?n=5&gap_ms=20").await;
+    // Five events and [DONE]; the headers' blank line is not an event end.
+    assert_eq!(times.len(), 6, "{times:?}");
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps[1] >= Duration::from_millis(1990) && gaps[1] < Duration::from_millis(2600),
+        "{gaps:?}"
+    );
+    assert!(
+        gaps.iter()
+            .enumerate()
+            .all(|(i, g)| i == 1 || *g < Duration::from_millis(500)),
+        "{gaps:?}"
+    );
+    faultline_faults::revert_and_verify(fault.as_mut())
+        .await
+        .expect("revert");
+    // Reverted: the same stream straight from the service has no gap.
+    let times = sse_event_times(case.upstream, "/sse?n=5&gap_ms=20").await;
+    let widest = times.windows(2).map(|w| w[1] - w[0]).max().expect("gaps");
+    assert!(widest < Duration::from_millis(500), "{times:?}");
 }
