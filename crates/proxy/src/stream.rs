@@ -188,9 +188,10 @@ enum Ending {
 /// Resolves once the proxy drains: the stream's faults are lifted then.
 pub(crate) type Release = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// A streamed upstream body with stream faults applied.
-pub(crate) struct FaultedStream {
-    inner: Option<Incoming>,
+/// A streamed upstream body (hyper's `Incoming`; any body of `Bytes` frames
+/// in tests) with stream faults applied.
+pub(crate) struct FaultedStream<B = Incoming> {
+    inner: Option<B>,
     scanner: Scanner,
     plan: StreamPlan,
     counters: Arc<StreamCounters>,
@@ -207,7 +208,7 @@ pub(crate) struct FaultedStream {
     ending: Ending,
 }
 
-impl std::fmt::Debug for FaultedStream {
+impl<B> std::fmt::Debug for FaultedStream<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FaultedStream")
             .field("plan", &self.plan)
@@ -216,9 +217,9 @@ impl std::fmt::Debug for FaultedStream {
     }
 }
 
-impl FaultedStream {
+impl<B> FaultedStream<B> {
     pub(crate) fn new(
-        inner: Incoming,
+        inner: B,
         framing: Framing,
         plan: StreamPlan,
         counters: Arc<StreamCounters>,
@@ -292,7 +293,10 @@ impl FaultedStream {
     }
 }
 
-impl Body for FaultedStream {
+impl<B> Body for FaultedStream<B>
+where
+    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+{
     type Data = Bytes;
     type Error = BodyError;
 
@@ -383,6 +387,111 @@ impl Body for FaultedStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::VecDeque;
+
+    /// An upstream body of ready frames, each a slice of one shared buffer, as
+    /// hyper's decoder hands them out.
+    struct Frames(VecDeque<Bytes>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = hyper::Error;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+            Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    const EVENT: &[u8] = b"data: {\"choices\":[{\"delta\":{\"content\":\"tok\"}}]}\n\n";
+
+    fn frames(n: usize) -> Frames {
+        let one = EVENT;
+        let mut buf = bytes::BytesMut::with_capacity(one.len() * 2 * n);
+        let mut out = VecDeque::with_capacity(n);
+        for _ in 0..n {
+            // Two events a frame, so pacing splits every frame.
+            buf.extend_from_slice(one);
+            buf.extend_from_slice(one);
+            out.push_back(buf.split().freeze());
+        }
+        Frames(out)
+    }
+
+    /// Polls `stream` to its end: the frames and bytes it gave.
+    fn drain<B>(mut stream: FaultedStream<B>) -> (usize, usize)
+    where
+        B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+    {
+        use http_body_util::BodyExt as _;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (mut frames, mut bytes) = (0, 0);
+            while let Some(f) = stream.frame().await {
+                frames += 1;
+                bytes += f.unwrap().into_data().map_or(0, |b| b.len());
+            }
+            (frames, bytes)
+        })
+    }
+
+    #[test]
+    fn frames_are_split_only_where_a_fault_acts() {
+        let counters = Arc::new(StreamCounters::default());
+        let release = || -> Release { Box::pin(std::future::pending()) };
+        let one = EVENT.len();
+        // Scanned, stalled once, truncated late: 2000 frames.
+        let plan = StreamPlan {
+            stall: Some(Stall {
+                after_events: 1,
+                after: None,
+                hold: Duration::from_millis(1),
+                cut: false,
+            }),
+            pace: None,
+            truncate: Some(Truncate {
+                after_events: 3000,
+                done: true,
+            }),
+        };
+        let s = FaultedStream::new(
+            frames(2000),
+            Framing::Sse,
+            plan,
+            Arc::clone(&counters),
+            release(),
+        );
+        // Split after event 1 (the stall) and event 3000 (the end, frame
+        // 1500), plus the [DONE]: 1500 + 1 + 1 frames, the rest whole.
+        assert_eq!(drain(s), (1502, 3000 * one + DONE.len()));
+        // Paced: every frame split in two, each event waits.
+        let plan = StreamPlan {
+            pace: Some(Duration::from_micros(200)),
+            ..StreamPlan::default()
+        };
+        let s = FaultedStream::new(
+            frames(50),
+            Framing::Sse,
+            plan,
+            Arc::clone(&counters),
+            release(),
+        );
+        assert_eq!(drain(s), (100, 100 * one), "one frame an event");
+        // Nothing to do: frames pass as they come.
+        let plan = StreamPlan {
+            truncate: Some(Truncate {
+                after_events: 1_000,
+                done: false,
+            }),
+            ..StreamPlan::default()
+        };
+        let s = FaultedStream::new(frames(50), Framing::Sse, plan, counters, release());
+        assert_eq!(drain(s), (50, 100 * one));
+    }
 
     fn ends(framing: Framing, chunks: &[&[u8]]) -> Vec<(usize, usize)> {
         let mut s = Scanner::new(framing);
