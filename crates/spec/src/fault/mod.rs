@@ -184,4 +184,25 @@ mod tests {
         .expect("fault");
         assert_eq!(spec.params().expect("params")["pid"], 42);
     }
+
+    #[test]
+    fn the_llm_gateway_kinds_round_trip_through_agent_params() {
+        for yaml in [
+            "http.rate_limit: { port: 8443, rate: 10/s, key: header, header: x-api-key }",
+            "http.queue: { port: 8443, concurrency: 2, timeout: 2s }",
+            "http.stream_stall: { port: 8443, after_events: 5, hold: 2s, then: cut }",
+            "http.stream_slow: { port: 8443, rate: 5/s, probability: 50% }",
+            "http.stream_truncate: { port: 8443, after_events: 3, done: true }",
+            "network.skew: { port: 8080, to: '10.0.0.2:8000', share: 80% }",
+        ] {
+            let spec: FaultSpec = serde_yaml::with::singleton_map::deserialize(
+                serde_yaml::Deserializer::from_str(yaml),
+            )
+            .expect(yaml);
+            let back = FaultSpec::from_kind_and_params(spec.kind(), spec.params().expect("params"))
+                .expect(yaml);
+            assert_eq!(back, spec, "{yaml}");
+            assert!(FaultSpec::KINDS.contains(&spec.kind()));
+        }
+    }
 }
