@@ -135,6 +135,11 @@ fn retarget(exp: &mut faultline_spec::Experiment, demo: &Demo) {
             FaultSpec::NetworkBandwidth(f) => (&mut f.listen, &mut f.upstream, &mut f.port),
             FaultSpec::HttpError(f) => (&mut f.listen, &mut f.upstream, &mut f.port),
             FaultSpec::HttpDelay(f) => (&mut f.listen, &mut f.upstream, &mut f.port),
+            FaultSpec::HttpRateLimit(f) => (&mut f.listen, &mut f.upstream, &mut f.port),
+            FaultSpec::HttpQueue(f) => (&mut f.listen, &mut f.upstream, &mut f.port),
+            FaultSpec::HttpStreamStall(f) => (&mut f.listen, &mut f.upstream, &mut f.port),
+            FaultSpec::HttpStreamSlow(f) => (&mut f.listen, &mut f.upstream, &mut f.port),
+            FaultSpec::HttpStreamTruncate(f) => (&mut f.listen, &mut f.upstream, &mut f.port),
             _ => continue,
         };
         listen.iter_mut().chain(upstream.iter_mut()).for_each(addr);

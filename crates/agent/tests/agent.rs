@@ -222,7 +222,13 @@ async fn put_is_idempotent_renew_extends_delete_reverts() {
         "process.pause",
         "http.error",
         "http.delay",
+        "http.rate_limit",
+        "http.queue",
+        "http.stream_stall",
+        "http.stream_slow",
+        "http.stream_truncate",
         "network.bandwidth",
+        "network.skew",
     ] {
         assert!(
             health["capabilities"]

@@ -382,3 +382,68 @@ method:
     assert_reverted(&j, &server);
     assert!(j.faults[0].revert_confirmed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_rate_limit_through_the_agent_fails_the_during_check_and_reverts() {
+    // Transparent mode on the server's own port: the probe's requests go to the
+    // agent's gateway proxy while the fault lasts, straight to the server after.
+    let (server, addr) = Child::http_server();
+    let exp = experiment(&format!(
+        r#"
+version: faultline/v1
+name: rate-limited
+targets:
+  host: {{ agents: [local] }}
+probes:
+  web:
+    http: {{ url: "http://{addr}/", rate: 40/s, timeout: 500ms }}
+hypotheses:
+  - {{ probe: web, availability: ">= 99%", window: 1s }}
+during:
+  - {{ probe: web, availability: ">= 90%", window: 1s }}
+recovery: {{ within: 3s }}
+method:
+  - name: throttle
+    target: host
+    fault: {{ http.rate_limit: {{ port: {port}, rate: 10/s, burst: 1 }} }}
+    start: 250ms
+    duration: 2s
+safety:
+  lease: 3s
+"#,
+        port = addr.port()
+    ));
+    let l = local().await;
+    let j = engine::run(&exp, &l.agents, options()).await;
+
+    assert_eq!(j.status, RunStatus::Failed, "{:#?}", j.reason);
+    assert_eq!(j.exit_code, 1);
+    let failed: Vec<_> = j.failures().collect();
+    assert_eq!(failed.len(), 1, "{failed:#?}");
+    assert_eq!(failed[0].name, "web: availability >= 90% over 1s");
+    let recovery = j
+        .verdicts
+        .iter()
+        .find(|v| v.phase == Phase::Recovery)
+        .expect("recovery");
+    assert!(recovery.holds, "{recovery:#?}");
+    // The agent's proxy answered 429s, and the probe saw them rejected.
+    let f = &j.faults[0];
+    assert_eq!(f.kind, "http.rate_limit");
+    assert!(
+        f.observations
+            .iter()
+            .any(|o| o.active && o.figures["rate_limited"].as_u64() > Some(0)),
+        "{:?}",
+        f.observations
+    );
+    let limited: u64 = j.probes["web"]
+        .points
+        .iter()
+        .flat_map(|p| p.failures.iter())
+        .filter(|(k, _)| k.as_str() == "rejected")
+        .map(|(_, n)| n)
+        .sum();
+    assert!(limited > 0, "{:?}", j.probes["web"]);
+    assert_reverted(&j, &server);
+}

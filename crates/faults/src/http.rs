@@ -1,10 +1,14 @@
-//! `http.error` and `http.delay`: gateway faults at layer 7. Each fault runs an
-//! HTTP-aware fault proxy of its own (crates/proxy's `HttpProxy`, in this
-//! process) that answers matching requests with an error status (429 with
-//! `Retry-After`, 503, ...) instead of forwarding them, or holds them back before
-//! forwarding; requests that do not match the path prefix and method, or that
-//! the probability spares, pass through unchanged on pooled keep-alive
-//! connections.
+//! `http.*`: gateway faults at layer 7. Each fault runs an HTTP-aware fault
+//! proxy of its own (crates/proxy's `HttpProxy`, in this process) that answers
+//! matching requests with an error status (`http.error`: 429 with
+//! `Retry-After`, 503, ...) instead of forwarding them, holds them back before
+//! forwarding (`http.delay`), limits them as a gateway does (`http.rate_limit`:
+//! a token bucket per key; `http.queue`: a concurrency limit with a bounded
+//! queue), or acts on their streamed responses (`http.stream_stall`,
+//! `http.stream_slow`, `http.stream_truncate`, on SSE and chunked bodies);
+//! requests that do not match the path prefix and method, or that the
+//! probability spares, pass through unchanged on pooled keep-alive
+//! connections, and so do responses that are not streamed.
 //!
 //! Proxy mode (`listen` -> `upstream`): clients connect to `listen`. Transparent
 //! mode (`port`): the proxy listens on an ephemeral port of every address and
@@ -30,9 +34,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use faultline_proxy::http::{HttpFault, HttpFaultKind, HttpProxy, HttpProxyOptions};
+use faultline_proxy::http::{HttpFault, HttpFaultKind, HttpProxy, HttpProxyOptions, RateKey};
 use faultline_proxy::transparent::{Redirect, RedirectSpec, table_exists};
-use faultline_spec::fault::{HttpDelay, HttpError};
+use faultline_spec::fault::{
+    HttpDelay, HttpError, HttpQueue, HttpRateLimit, HttpStreamSlow, HttpStreamStall,
+    HttpStreamTruncate, RateLimitKey, StallThen,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::network::proxied::{
@@ -48,7 +55,7 @@ struct Recovery {
     table: Option<String>,
 }
 
-/// One `http.error` or `http.delay` fault on this host.
+/// One `http.*` fault on this host.
 #[derive(Debug)]
 pub struct HttpGatewayFault {
     kind: &'static str,
@@ -134,6 +141,132 @@ impl HttpGatewayFault {
             method: p.method.clone(),
         };
         Ok(Self::new(KIND, id, listen, upstream, fault, p.port))
+    }
+
+    pub fn rate_limit(id: &str, p: &HttpRateLimit) -> Result<Self, InjectError> {
+        const KIND: &str = "http.rate_limit";
+        let (listen, upstream) = endpoints(KIND, &p.listen, &p.upstream, p.port)?;
+        let invalid = |reason: String| InjectError::InvalidParams { kind: KIND, reason };
+        let rate = p.rate.per_second();
+        // One second of the rate, as a gateway configured "10/s" lets 10 at once.
+        let burst = match p.burst {
+            Some(0) => return Err(invalid("`burst` must be at least 1".into())),
+            Some(b) => b,
+            None => (rate.ceil() as u32).max(1),
+        };
+        let key = match (p.key, &p.header) {
+            (RateLimitKey::ClientIp, None) => RateKey::ClientIp,
+            (RateLimitKey::Global, None) => RateKey::Global,
+            (RateLimitKey::Header, Some(h)) => RateKey::Header(h.to_ascii_lowercase()),
+            (RateLimitKey::Header, None) => {
+                return Err(invalid("`key: header` needs `header`".into()));
+            }
+            (_, Some(_)) => {
+                return Err(invalid("`header` only applies to `key: header`".into()));
+            }
+        };
+        let fault = HttpFault {
+            kind: HttpFaultKind::RateLimit {
+                rate_per_s: rate,
+                burst,
+                key,
+            },
+            probability: 1.0,
+            path_prefix: p.path.clone(),
+            method: p.method.clone(),
+        };
+        Self::checked(KIND, id, listen, upstream, fault, p.port)
+    }
+
+    pub fn queue(id: &str, p: &HttpQueue) -> Result<Self, InjectError> {
+        const KIND: &str = "http.queue";
+        let (listen, upstream) = endpoints(KIND, &p.listen, &p.upstream, p.port)?;
+        let fault = HttpFault {
+            kind: HttpFaultKind::Queue {
+                concurrency: p.concurrency,
+                queue: p.queue,
+                timeout_ms: millis(p.timeout.get()),
+            },
+            probability: 1.0,
+            path_prefix: p.path.clone(),
+            method: p.method.clone(),
+        };
+        Self::checked(KIND, id, listen, upstream, fault, p.port)
+    }
+
+    pub fn stream_stall(id: &str, p: &HttpStreamStall) -> Result<Self, InjectError> {
+        const KIND: &str = "http.stream_stall";
+        let (listen, upstream) = endpoints(KIND, &p.listen, &p.upstream, p.port)?;
+        if p.after_events.is_some() && p.after.is_some() {
+            return Err(InjectError::InvalidParams {
+                kind: KIND,
+                reason: "give at most one of `after_events` and `after`".into(),
+            });
+        }
+        if p.hold.is_zero() {
+            return Err(InjectError::InvalidParams {
+                kind: KIND,
+                reason: "`hold` must be positive".into(),
+            });
+        }
+        let fault = HttpFault {
+            kind: HttpFaultKind::StreamStall {
+                after_events: p.after_events.unwrap_or(0),
+                after_ms: p.after.map(|d| millis(d.get())),
+                hold_ms: millis(p.hold.get()),
+                cut: p.then == StallThen::Cut,
+            },
+            probability: p.probability.ratio(),
+            path_prefix: p.path.clone(),
+            method: None,
+        };
+        Self::checked(KIND, id, listen, upstream, fault, p.port)
+    }
+
+    pub fn stream_slow(id: &str, p: &HttpStreamSlow) -> Result<Self, InjectError> {
+        const KIND: &str = "http.stream_slow";
+        let (listen, upstream) = endpoints(KIND, &p.listen, &p.upstream, p.port)?;
+        let fault = HttpFault {
+            kind: HttpFaultKind::StreamSlow {
+                events_per_s: p.rate.per_second(),
+            },
+            probability: p.probability.ratio(),
+            path_prefix: p.path.clone(),
+            method: None,
+        };
+        Self::checked(KIND, id, listen, upstream, fault, p.port)
+    }
+
+    pub fn stream_truncate(id: &str, p: &HttpStreamTruncate) -> Result<Self, InjectError> {
+        const KIND: &str = "http.stream_truncate";
+        let (listen, upstream) = endpoints(KIND, &p.listen, &p.upstream, p.port)?;
+        let fault = HttpFault {
+            kind: HttpFaultKind::StreamTruncate {
+                after_events: p.after_events,
+                done: p.done,
+            },
+            probability: p.probability.ratio(),
+            path_prefix: p.path.clone(),
+            method: None,
+        };
+        Self::checked(KIND, id, listen, upstream, fault, p.port)
+    }
+
+    /// [`Self::new`] after the proxy's own check of the parameters, so a bad
+    /// one is refused at build, before anything is journaled.
+    fn checked(
+        kind: &'static str,
+        id: &str,
+        listen: String,
+        upstream: String,
+        fault: HttpFault,
+        port: Option<u16>,
+    ) -> Result<Self, InjectError> {
+        HttpFault::check(&fault).map_err(|e| InjectError::InvalidParams {
+            kind,
+            reason: e.to_string(),
+        })?;
+        Ok(Self::new(kind, id, listen, upstream, fault, port))
     }
 
     fn new(
@@ -369,6 +502,14 @@ impl Fault for HttpGatewayFault {
                 "errors": s.errors,
                 "delayed": s.delayed,
                 "bad_gateway": s.bad_gateway,
+                "rate_limited": s.rate_limited,
+                "queued": s.queued,
+                "queue_rejected": s.queue_rejected,
+                "queue_waiting": s.queue_waiting,
+                "streams": s.streams,
+                "stalled": s.stalled,
+                "cut": s.cut,
+                "truncated": s.truncated,
             });
             let what = match self.port {
                 Some(p) => format!(
@@ -385,12 +526,16 @@ impl Fault for HttpGatewayFault {
             Observation {
                 active: up && redirected,
                 detail: format!(
-                    "{what}: {}; {} requests, {} matched, {} answered with an error, {} delayed",
+                    "{what}: {}; {} requests, {} matched, {} answered with an error, {} delayed, {} rate limited, {} queued, {} turned away by the queue, {} streams faulted",
                     if up { "listening" } else { "not listening" },
                     s.requests,
                     s.matched,
                     s.errors,
-                    s.delayed
+                    s.delayed,
+                    s.rate_limited,
+                    s.queued,
+                    s.queue_rejected,
+                    s.streams
                 ),
                 figures,
             }

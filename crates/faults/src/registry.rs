@@ -10,7 +10,7 @@ use crate::db::DbLockFault;
 use crate::gpu::GpuFault;
 use crate::http::HttpGatewayFault;
 use crate::network::proxied::ProxiedFault;
-use crate::network::{NftTableFault, loss, partition};
+use crate::network::{NftTableFault, loss, partition, skew};
 use crate::process::{ProcessKillFault, ProcessPauseFault};
 use crate::{Fault, InjectError};
 
@@ -73,6 +73,10 @@ fn construct(
             Some(r) => Box::new(NftTableFault::restore(kind, r)?),
             None => Box::new(partition::new(id, p)?),
         },
+        FaultSpec::NetworkSkew(p) => match recovery {
+            Some(r) => Box::new(NftTableFault::restore(kind, r)?),
+            None => Box::new(skew::new(id, p)?),
+        },
         FaultSpec::ProcessPause(p) => match recovery {
             Some(r) => Box::new(ProcessPauseFault::restore(r)?),
             None => Box::new(ProcessPauseFault::new(p)?),
@@ -102,6 +106,26 @@ fn construct(
         FaultSpec::HttpDelay(p) => match recovery {
             Some(r) => Box::new(HttpGatewayFault::restore(kind, r)?),
             None => Box::new(HttpGatewayFault::delay(id, p)?),
+        },
+        FaultSpec::HttpRateLimit(p) => match recovery {
+            Some(r) => Box::new(HttpGatewayFault::restore(kind, r)?),
+            None => Box::new(HttpGatewayFault::rate_limit(id, p)?),
+        },
+        FaultSpec::HttpQueue(p) => match recovery {
+            Some(r) => Box::new(HttpGatewayFault::restore(kind, r)?),
+            None => Box::new(HttpGatewayFault::queue(id, p)?),
+        },
+        FaultSpec::HttpStreamStall(p) => match recovery {
+            Some(r) => Box::new(HttpGatewayFault::restore(kind, r)?),
+            None => Box::new(HttpGatewayFault::stream_stall(id, p)?),
+        },
+        FaultSpec::HttpStreamSlow(p) => match recovery {
+            Some(r) => Box::new(HttpGatewayFault::restore(kind, r)?),
+            None => Box::new(HttpGatewayFault::stream_slow(id, p)?),
+        },
+        FaultSpec::HttpStreamTruncate(p) => match recovery {
+            Some(r) => Box::new(HttpGatewayFault::restore(kind, r)?),
+            None => Box::new(HttpGatewayFault::stream_truncate(id, p)?),
         },
         FaultSpec::NetworkBandwidth(p) => match recovery {
             Some(r) => Box::new(ProxiedFault::restore(kind, r)?),

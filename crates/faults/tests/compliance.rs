@@ -708,6 +708,16 @@ fn serve_http(conn: std::net::TcpStream) {
         if r.read_exact(&mut body).is_err() {
             return;
         }
+        let route = path.split('?').next().unwrap_or_default();
+        if route == "/sse" {
+            if write_sse(&mut w, &path).is_err() || close {
+                return;
+            }
+            continue;
+        }
+        if route == "/slow" {
+            std::thread::sleep(Duration::from_millis(query(&path, "ms", 100)));
+        }
         let text = format!("ok {method} {path}");
         let resp = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{text}",
@@ -719,11 +729,46 @@ fn serve_http(conn: std::net::TcpStream) {
     }
 }
 
+/// Query parameter `key` of `path` as a number.
+fn query(path: &str, key: &str, default: u64) -> u64 {
+    path.split_once('?')
+        .map_or("", |(_, q)| q)
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `/sse?n=N&gap_ms=G`: N SSE events, one chunk each, G ms apart, then
+/// `data: [DONE]`, as an OpenAI-style completion streams.
+fn write_sse(w: &mut std::net::TcpStream, path: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    w.write_all(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+    )?;
+    let (n, gap) = (query(path, "n", 5), query(path, "gap_ms", 10));
+    for i in 0..=n {
+        if i > 0 && gap > 0 {
+            std::thread::sleep(Duration::from_millis(gap));
+        }
+        let event = if i < n {
+            format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"t{i}\"}}}}]}}\n\n")
+        } else {
+            "data: [DONE]\n\n".to_owned()
+        };
+        w.write_all(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes())?;
+    }
+    w.write_all(b"0\r\n\r\n")
+}
+
 /// One HTTP response as a client saw it.
 #[derive(Debug)]
 struct Reply {
     status: u16,
     retry_after: Option<String>,
+    /// Every header, names in lower case.
+    headers: Vec<(String, String)>,
     body: String,
     took: Duration,
 }
@@ -733,13 +778,18 @@ fn parse_reply(raw: &str, took: Duration) -> Option<Reply> {
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw, ""));
     let mut lines = head.lines();
     let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
-    let retry_after = lines
+    let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("retry-after"))
-        .map(|(_, v)| v.trim().to_owned());
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let retry_after = headers
+        .iter()
+        .find(|(k, _)| k == "retry-after")
+        .map(|(_, v)| v.clone());
     Some(Reply {
         status,
         retry_after,
+        headers,
         body: body.to_owned(),
         took,
     })
@@ -804,6 +854,10 @@ impl Gateway {
 
     async fn send(&self, method: &str, path: &str) -> Option<Reply> {
         http_request(self.listen, method, path).await
+    }
+
+    fn spec_of(&self) -> FaultSpec {
+        spec(self.kind, self.params.clone())
     }
 }
 
@@ -952,6 +1006,8 @@ async fn http_delay_holds_matching_requests_back() {
 struct TransparentHttp {
     ns: faultline_testkit::NetNs,
     port: u16,
+    /// The path `effect_visible` POSTs to.
+    probe: &'static str,
     kind: &'static str,
     params: serde_json::Value,
     affected: fn(&Reply) -> bool,
@@ -970,6 +1026,7 @@ impl TransparentHttp {
         let case = Self {
             ns,
             port,
+            probe: "/v1/complete",
             kind,
             params: params(port),
             affected,
@@ -1024,7 +1081,7 @@ impl ComplianceCase for TransparentHttp {
         spec(self.kind, self.params.clone())
     }
     async fn effect_visible(&mut self) -> bool {
-        self.curl("POST", "/v1/complete")
+        self.curl("POST", self.probe)
             .await
             .is_some_and(|r| (self.affected)(&r))
     }
@@ -1326,4 +1383,560 @@ async fn transparent_revert_resets_a_connection_busy_past_the_drain_bound() {
             && took < TRANSPARENT_DRAIN + Duration::from_millis(500),
         "the revert waits out the drain, and no longer: {took:?}"
     );
+}
+
+// === LLM gateway faults: rate limit, queue, and faults on streamed responses ===
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+    /// SSE events with content, and whether `[DONE]` was one of them.
+    fn events(&self) -> (usize, bool) {
+        let done = self.body.contains("data: [DONE]");
+        (
+            self.body.matches("data: ").count() - usize::from(done),
+            done,
+        )
+    }
+}
+
+fn limited_like_openai(r: &Reply) -> bool {
+    r.status == 429
+        && r.retry_after.is_some()
+        && r.header("x-ratelimit-limit-requests") == Some("1")
+        && r.header("x-ratelimit-remaining-requests") == Some("0")
+        && r.header("x-ratelimit-reset-requests").is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_rate_limit_answers_429_with_openai_headers_past_the_bucket() {
+    // One request a minute: the first of each fault passes, the next is limited.
+    let mut case = Gateway::new(
+        "http.rate_limit",
+        json!({ "rate": "1/m", "burst": 1 }),
+        ("POST", "/v1/chat/completions"),
+        limited_like_openai,
+    );
+    let id = format!("http-rl-{}", case.listen.port());
+    assert_fault_compliance(&id, &mut case).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_rate_limit_of_10_per_second_lets_10_a_second_through() {
+    let case = Gateway::new(
+        "http.rate_limit",
+        json!({ "rate": "10/s", "path": "/v1" }),
+        ("GET", "/v1/models"),
+        |r| r.status == 429,
+    );
+    let id = format!("http-rl-rate-{}", case.listen.port());
+    let mut fault = faultline_faults::build(
+        &id,
+        &spec(case.kind, case.params.clone()),
+        Duration::from_secs(30),
+    )
+    .expect("build");
+    fault.inject().await.expect("inject");
+    // The burst is one second of the rate: 10 pass at once, then 429.
+    let mut burst = 0;
+    while case
+        .send("GET", "/v1/models")
+        .await
+        .expect("a reply")
+        .status
+        == 200
+    {
+        burst += 1;
+        assert!(burst <= 12, "the bucket never emptied");
+    }
+    assert!((10..=11).contains(&burst), "{burst}");
+    // Offered 40/s for 2 s, 10 +- 1 a second get through; the rest are 429.
+    let start = tokio::time::Instant::now();
+    let (mut ok, mut limited) = (0u32, 0u32);
+    for i in 0..80u32 {
+        tokio::time::sleep_until(start + Duration::from_millis(25) * i).await;
+        let r = case.send("GET", "/v1/models").await.expect("a reply");
+        match r.status {
+            200 => ok += 1,
+            429 => {
+                limited += 1;
+                assert_eq!(r.header("x-ratelimit-limit-requests"), Some("10"));
+                assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("0"));
+                assert_eq!(r.retry_after.as_deref(), Some("1"));
+            }
+            s => panic!("status {s}"),
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    assert!(
+        (9.0..=11.0).contains(&(f64::from(ok) / secs)),
+        "{ok} of 80 in {secs:.2} s"
+    );
+    // Other paths are not limited.
+    assert_eq!(
+        case.send("GET", "/health").await.expect("a reply").status,
+        200
+    );
+    let seen = fault.observe().await;
+    assert_eq!(
+        figures(&seen, "rate_limited"),
+        u64::from(limited) + 1,
+        "{seen:?}"
+    );
+    faultline_faults::revert_and_verify(fault.as_mut())
+        .await
+        .expect("revert");
+    assert!(
+        case.send("GET", "/v1/models").await.is_none(),
+        "listener left"
+    );
+}
+
+#[tokio::test]
+async fn http_rate_limit_transparent_mode_limits_each_client_address() {
+    let mut case = TransparentHttp::new(
+        "http.rate_limit",
+        |port| json!({ "port": port, "rate": "1/m", "burst": 1, "key": "client_ip" }),
+        limited_like_openai,
+    )
+    .await;
+    let id = format!("tp-http-rl-{}", case.ns.name);
+    assert_fault_compliance(&id, &mut case).await;
+}
+
+/// `http.queue` of one slot and no queue: of two slow requests at once, one is
+/// turned away at once with 503.
+struct QueueCase(Gateway);
+
+impl ComplianceCase for QueueCase {
+    fn spec(&mut self) -> FaultSpec {
+        self.0.spec()
+    }
+    async fn effect_visible(&mut self) -> bool {
+        let (a, b) = tokio::join!(
+            self.0.send("GET", "/slow?ms=300"),
+            self.0.send("GET", "/slow?ms=300")
+        );
+        let statuses = [a.map(|r| r.status), b.map(|r| r.status)];
+        statuses.contains(&Some(503)) && statuses.contains(&Some(200))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_queue_turns_away_what_it_cannot_hold() {
+    let mut case = QueueCase(Gateway::new(
+        "http.queue",
+        json!({ "concurrency": 1, "queue": 0, "timeout": "1s" }),
+        ("GET", "/slow"),
+        |r| r.status == 503,
+    ));
+    let id = format!("http-queue-{}", case.0.listen.port());
+    assert_fault_compliance(&id, &mut case).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_queue_of_concurrency_2_delays_more_under_more_load_then_503() {
+    let case = Gateway::new(
+        "http.queue",
+        json!({ "concurrency": 2, "timeout": "350ms" }),
+        ("GET", "/slow"),
+        |r| r.status == 503,
+    );
+    let id = format!("http-queue-load-{}", case.listen.port());
+    let mut fault = faultline_faults::build(
+        &id,
+        &spec(case.kind, case.params.clone()),
+        Duration::from_secs(30),
+    )
+    .expect("build");
+    fault.inject().await.expect("inject");
+    // 100 ms of service: 2, 4 and 6 at once queue for 0, 1 and 2 rounds.
+    let mut means = Vec::new();
+    for n in [2usize, 4, 6] {
+        let replies = futures_join(&case, n).await;
+        assert!(replies.iter().all(|r| r.status == 200), "{n}: {replies:?}");
+        let total: Duration = replies.iter().map(|r| r.took).sum();
+        means.push(total / n as u32);
+    }
+    assert!(means[0] < means[1] && means[1] < means[2], "{means:?}");
+    // 10 at once: those that would wait 400 ms or more are answered 503 at the
+    // queue timeout.
+    let replies = futures_join(&case, 10).await;
+    let rejected: Vec<&Reply> = replies.iter().filter(|r| r.status == 503).collect();
+    assert!((2..=6).contains(&rejected.len()), "{replies:?}");
+    assert!(
+        rejected
+            .iter()
+            .all(|r| r.took >= Duration::from_millis(340)),
+        "{replies:?}"
+    );
+    let seen = fault.observe().await;
+    assert_eq!(
+        figures(&seen, "queue_rejected"),
+        rejected.len() as u64,
+        "{seen:?}"
+    );
+    faultline_faults::revert_and_verify(fault.as_mut())
+        .await
+        .expect("revert");
+    assert!(case.send("GET", "/slow").await.is_none(), "listener left");
+}
+
+/// `n` requests to `/slow?ms=100` at once.
+async fn futures_join(case: &Gateway, n: usize) -> Vec<Reply> {
+    let listen = case.listen;
+    let tasks: Vec<_> = (0..n)
+        .map(|_| tokio::spawn(async move { http_request(listen, "GET", "/slow?ms=100").await }))
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.expect("task").expect("a reply"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_stream_stall_holds_a_stream_and_passes_other_responses_through() {
+    let mut case = Gateway::new(
+        "http.stream_stall",
+        json!({ "after_events": 1, "hold": "400ms", "path": "/sse" }),
+        ("GET", "/sse?n=3&gap_ms=0"),
+        |r| r.status == 200 && r.events() == (3, true) && r.took >= Duration::from_millis(390),
+    );
+    let id = format!("http-stall-{}", case.listen.port());
+    assert_fault_compliance(&id, &mut case).await;
+
+    let mut fault =
+        faultline_faults::build(&id, &case.spec(), Duration::from_secs(30)).expect("build");
+    fault.inject().await.expect("inject");
+    // A response with a length is not a stream: it passes unchanged, at once.
+    let r = case.send("GET", "/sse-not/x").await.expect("a reply");
+    assert_eq!(r.body, "ok GET /sse-not/x");
+    assert!(r.took < Duration::from_millis(300), "{r:?}");
+    let seen = fault.observe().await;
+    assert_eq!(
+        (figures(&seen, "streams"), figures(&seen, "stalled")),
+        (0, 0),
+        "{seen:?}"
+    );
+    faultline_faults::revert_and_verify(fault.as_mut())
+        .await
+        .expect("revert");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_stream_stall_then_cut_ends_the_stream_without_done() {
+    let mut case = Gateway::new(
+        "http.stream_stall",
+        json!({ "after_events": 2, "hold": "300ms", "then": "cut" }),
+        ("GET", "/sse?n=5&gap_ms=0"),
+        // Raw bytes up to the cut: two events, no [DONE], no final chunk.
+        |r| {
+            r.events() == (2, false)
+                && !r.body.ends_with("0\r\n\r\n")
+                && r.took >= Duration::from_millis(290)
+        },
+    );
+    let id = format!("http-stall-cut-{}", case.listen.port());
+    assert_fault_compliance(&id, &mut case).await;
+}
+
+#[tokio::test]
+async fn http_stream_stall_transparent_mode_captures_a_port() {
+    let mut case = TransparentHttp::new(
+        "http.stream_stall",
+        |port| json!({ "port": port, "hold": "500ms" }),
+        |r| r.status == 200 && r.events() == (3, true) && r.took >= Duration::from_millis(490),
+    )
+    .await;
+    case.probe = "/sse?n=3&gap_ms=0";
+    let id = format!("tp-http-stall-{}", case.ns.name);
+    assert_fault_compliance(&id, &mut case).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_stream_slow_paces_events() {
+    let mut case = Gateway::new(
+        "http.stream_slow",
+        json!({ "rate": "10/s" }),
+        ("GET", "/sse?n=5&gap_ms=0"),
+        // 6 events (with [DONE]) a tenth of a second apart: 500 ms at least.
+        |r| r.events() == (5, true) && r.took >= Duration::from_millis(490),
+    );
+    let id = format!("http-slow-{}", case.listen.port());
+    assert_fault_compliance(&id, &mut case).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_stream_truncate_ends_after_n_events() {
+    let mut case = Gateway::new(
+        "http.stream_truncate",
+        json!({ "after_events": 2 }),
+        ("GET", "/sse?n=6&gap_ms=0"),
+        |r| r.status == 200 && r.events() == (2, false) && r.body.ends_with("0\r\n\r\n"),
+    );
+    let id = format!("http-trunc-{}", case.listen.port());
+    assert_fault_compliance(&id, &mut case).await;
+}
+
+#[tokio::test]
+async fn http_stream_truncate_transparent_mode_with_done() {
+    let mut case = TransparentHttp::new(
+        "http.stream_truncate",
+        |port| json!({ "port": port, "after_events": 2, "done": true }),
+        |r| r.status == 200 && r.events() == (2, true),
+    )
+    .await;
+    case.probe = "/sse?n=6&gap_ms=0";
+    let id = format!("tp-http-trunc-{}", case.ns.name);
+    assert_fault_compliance(&id, &mut case).await;
+}
+
+// === network.skew: one hot backend, counted at the backends ===
+
+/// Three backends and a stats port in one python process inside the
+/// namespace: each backend counts its connections, answers its own port and
+/// closes; the stats port answers the counts as JSON.
+const BACKENDS: &str = r#"
+import json, socket, sys, threading
+host = sys.argv[1]
+socks = [socket.create_server((host, 0)) for _ in range(4)]
+ports = [s.getsockname()[1] for s in socks]
+counts = {str(p): 0 for p in ports[:3]}
+lock = threading.Lock()
+def serve(s, port):
+    while True:
+        c, _ = s.accept()
+        with lock:
+            counts[str(port)] += 1
+        c.sendall(b"%d\n" % port)
+        c.close()
+def stats(s):
+    while True:
+        c, _ = s.accept()
+        with lock:
+            body = json.dumps(counts)
+        c.sendall(body.encode() + b"\n")
+        c.close()
+for s, p in zip(socks[:3], ports[:3]):
+    threading.Thread(target=serve, args=(s, p), daemon=True).start()
+threading.Thread(target=stats, args=(socks[3],), daemon=True).start()
+print(json.dumps(ports), flush=True)
+threading.Event().wait()
+"#;
+
+/// A round-robin balancer on this side of the veth in front of the three
+/// backends in the namespace; the fault skews the balancer's port.
+struct Skew {
+    // Dropped before the namespace it runs in.
+    _backends: tokio::process::Child,
+    ns: faultline_testkit::NetNs,
+    backends: [u16; 3],
+    stats: u16,
+    balancer: SocketAddr,
+    share: &'static str,
+}
+
+impl Skew {
+    async fn new(share: &'static str) -> Self {
+        use tokio::io::AsyncBufReadExt as _;
+        let ns = faultline_testkit::NetNs::new();
+        let mut child = python_in(&ns, BACKENDS, &[ns.ns_ip.to_string()]);
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::BufReader::new(stdout).read_line(&mut line),
+        )
+        .await
+        .expect("the backends start")
+        .expect("read their ports");
+        let ports: Vec<u16> = serde_json::from_str(&line).expect("ports as JSON");
+        let backends = [ports[0], ports[1], ports[2]];
+        let listener = TcpListener::bind((ns.host_ip, 0)).expect("bind the balancer");
+        let balancer = listener.local_addr().expect("addr");
+        let ns_ip = ns.ns_ip;
+        std::thread::spawn(move || {
+            use std::io::{Read as _, Write as _};
+            for (i, conn) in listener.incoming().enumerate() {
+                let Ok(mut conn) = conn else { break };
+                let to = SocketAddr::from((ns_ip, backends[i % 3]));
+                let mut reply = Vec::new();
+                if let Ok(mut b) = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))
+                {
+                    let _ = b.read_to_end(&mut reply);
+                }
+                let _ = conn.write_all(&reply);
+            }
+        });
+        Self {
+            _backends: child,
+            ns,
+            backends,
+            stats: ports[3],
+            balancer,
+            share,
+        }
+    }
+
+    /// Connections each backend has answered, asked of the backends.
+    async fn counts(&self) -> [u64; 3] {
+        use tokio::io::AsyncReadExt as _;
+        let mut s = tokio::net::TcpStream::connect((self.ns.ns_ip, self.stats))
+            .await
+            .expect("the backends' stats");
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.expect("stats");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("stats JSON");
+        self.backends
+            .map(|p| v[p.to_string()].as_u64().expect("a count per backend"))
+    }
+
+    /// `n` new connections through the balancer's port, one after the other;
+    /// how many each backend answered.
+    async fn spread(&self, n: usize) -> [u64; 3] {
+        use tokio::io::AsyncReadExt as _;
+        let before = self.counts().await;
+        for _ in 0..n {
+            let mut s = tokio::time::timeout(
+                Duration::from_secs(3),
+                tokio::net::TcpStream::connect(self.balancer),
+            )
+            .await
+            .expect("connect in time")
+            .expect("connect");
+            let mut reply = String::new();
+            tokio::time::timeout(Duration::from_secs(3), s.read_to_string(&mut reply))
+                .await
+                .expect("a reply in time")
+                .expect("a reply");
+            assert!(!reply.trim().is_empty(), "a backend answered");
+        }
+        let after = self.counts().await;
+        [0, 1, 2].map(|i| after[i] - before[i])
+    }
+}
+
+impl ComplianceCase for Skew {
+    fn spec(&mut self) -> FaultSpec {
+        spec(
+            "network.skew",
+            json!({
+                "port": self.balancer.port(),
+                "to": format!("{}:{}", self.ns.ns_ip, self.backends[1]),
+                "share": self.share,
+            }),
+        )
+    }
+    async fn effect_visible(&mut self) -> bool {
+        self.spread(12).await == [0, 12, 0]
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_skew_of_100_percent_sends_every_new_connection_to_one_backend() {
+    let mut case = Skew::new("100%").await;
+    assert_eq!(case.spread(12).await, [4, 4, 4], "round robin before");
+    let id = format!("skew-{}", case.ns.name);
+    assert_fault_compliance(&id, &mut case).await;
+    // The revert restored the balancer's spread.
+    assert_eq!(case.spread(12).await, [4, 4, 4], "round robin after");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_skew_of_a_share_leaves_the_rest_to_the_balancer() {
+    let case = Skew::new("50%").await;
+    let id = format!("skew-half-{}", case.ns.name);
+    let mut fault = faultline_faults::build(
+        &id,
+        &spec(
+            "network.skew",
+            json!({
+                "port": case.balancer.port(),
+                "to": format!("{}:{}", case.ns.ns_ip, case.backends[0]),
+                "share": case.share,
+            }),
+        ),
+        Duration::from_secs(30),
+    )
+    .expect("build");
+    fault.inject().await.expect("inject");
+    let got = case.spread(90).await;
+    faultline_faults::revert_and_verify(fault.as_mut())
+        .await
+        .expect("revert");
+    // The hot one gets the skewed S ~ Binomial(90, 0.5) and a third of the
+    // rest: 30 + 2S/3, 60 expected; 45..=85 is S in 23..=82, beyond 4.5
+    // standard deviations.
+    assert_eq!(got.iter().sum::<u64>(), 90);
+    assert!((45..=85).contains(&got[0]), "{got:?}");
+    assert!(
+        got[1] >= 3 && got[2] >= 3,
+        "the balancer still spreads: {got:?}"
+    );
+    assert_eq!(case.spread(12).await, [4, 4, 4], "round robin after");
+}
+
+/// GET `path` from `addr` on a connection of its own; when each SSE event's end
+/// arrived, from the request.
+async fn sse_event_times(addr: SocketAddr, path: &str) -> Vec<Duration> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    let start = std::time::Instant::now();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: g\r\nconnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    let (mut seen, mut times, mut buf) = (String::new(), Vec::new(), [0u8; 4096]);
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("no stall past 5 s")
+            .expect("read");
+        if n == 0 {
+            return times;
+        }
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        let ends = seen.matches("\n\n").count();
+        times.resize(ends, start.elapsed());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_stream_stall_of_2s_shows_as_one_2s_gap_between_events() {
+    let case = Gateway::new(
+        "http.stream_stall",
+        json!({ "after_events": 2, "hold": "2s", "then": "continue" }),
+        ("GET", "/sse"),
+        |_| true,
+    );
+    let id = format!("http-stall-2s-{}", case.listen.port());
+    let mut fault =
+        faultline_faults::build(&id, &case.spec_of(), Duration::from_secs(30)).expect("build");
+    fault.inject().await.expect("inject");
+    let times = sse_event_times(case.listen, "/sse?n=5&gap_ms=20").await;
+    // Five events and [DONE]; the headers' blank line is not an event end.
+    assert_eq!(times.len(), 6, "{times:?}");
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps[1] >= Duration::from_millis(1990) && gaps[1] < Duration::from_millis(2600),
+        "{gaps:?}"
+    );
+    assert!(
+        gaps.iter()
+            .enumerate()
+            .all(|(i, g)| i == 1 || *g < Duration::from_millis(500)),
+        "{gaps:?}"
+    );
+    faultline_faults::revert_and_verify(fault.as_mut())
+        .await
+        .expect("revert");
+    // Reverted: the same stream straight from the service has no gap.
+    let times = sse_event_times(case.upstream, "/sse?n=5&gap_ms=20").await;
+    let widest = times.windows(2).map(|w| w[1] - w[0]).max().expect("gaps");
+    assert!(widest < Duration::from_millis(500), "{times:?}");
 }

@@ -4,7 +4,9 @@
 //! Its job: L4 proxies (listen -> upstream) with Toxiproxy's toxics (latency
 //! with jitter, bandwidth, slow_close, timeout, reset_peer, limit_data, slicer,
 //! plus `refuse`) applied per direction with a per-connection probability; L7
-//! HTTP faults (`http.error`, `http.delay`) on a hyper proxy; transparent
+//! HTTP faults on a hyper proxy (`http.error`, `http.delay`, the gateway limits
+//! `http.rate_limit` and `http.queue`, and `http.stream_*` on streamed SSE and
+//! chunked responses); transparent
 //! redirection of a port into a proxy with an nftables table of its own; and
 //! the Toxiproxy 2.x HTTP API ([`api::router`]) so existing clients work
 //! unchanged. [`ProxyServer`] and [`Proxy`] are the same operations in-process.
@@ -18,9 +20,11 @@
 //! see the bytes, so a direction with a toxic copies through a pooled buffer.
 
 mod error;
+mod gateway;
 mod link;
 mod pool;
 mod server;
+mod stream;
 mod timer;
 
 pub mod api;

@@ -885,6 +885,101 @@ impl Cx {
                 }
                 self.check_http_match(path, f.path.as_deref(), f.method.as_deref());
             }
+            FaultSpec::HttpRateLimit(f) => {
+                self.check_attachment(path, &f.listen, &f.upstream, f.port);
+                if f.burst == Some(0) {
+                    self.error(
+                        &path.key("burst"),
+                        "expected a burst of at least 1 request (leave it out for one second of `rate`)",
+                        None,
+                    );
+                }
+                match (f.key, f.header.as_deref()) {
+                    (RateLimitKey::Header, None) => self.error(
+                        &path.key("key"),
+                        "`key: header` needs `header`, the request header that carries the key (e.g. `header: authorization`)",
+                        None,
+                    ),
+                    (RateLimitKey::Header, Some(h)) if !is_header_name(h) => self.error(
+                        &path.key("header"),
+                        format!("expected an HTTP header name like `x-api-key`, found `{h}`"),
+                        None,
+                    ),
+                    (RateLimitKey::ClientIp | RateLimitKey::Global, Some(_)) => self.error(
+                        &path.key("header"),
+                        "`header` only applies to `key: header`",
+                        None,
+                    ),
+                    _ => {}
+                }
+                self.check_http_match(path, f.path.as_deref(), f.method.as_deref());
+            }
+            FaultSpec::HttpQueue(f) => {
+                self.check_attachment(path, &f.listen, &f.upstream, f.port);
+                if f.concurrency == 0 {
+                    self.error(
+                        &path.key("concurrency"),
+                        "expected a concurrency of at least 1 (0 would answer every request 503)",
+                        None,
+                    );
+                }
+                if f.timeout.is_zero() {
+                    self.error(
+                        &path.key("timeout"),
+                        "expected a positive queue timeout, found `0s`",
+                        None,
+                    );
+                }
+                self.check_http_match(path, f.path.as_deref(), f.method.as_deref());
+            }
+            FaultSpec::HttpStreamStall(f) => {
+                self.check_attachment(path, &f.listen, &f.upstream, f.port);
+                if f.after_events.is_some() && f.after.is_some() {
+                    self.error(
+                        path,
+                        "expected at most one of `after_events` and `after`, found both",
+                        None,
+                    );
+                }
+                if f.hold.is_zero() {
+                    self.error(
+                        &path.key("hold"),
+                        "expected a positive hold, found `0s`",
+                        None,
+                    );
+                }
+                self.check_http_match(path, f.path.as_deref(), None);
+            }
+            FaultSpec::HttpStreamSlow(f) => {
+                self.check_attachment(path, &f.listen, &f.upstream, f.port);
+                self.check_http_match(path, f.path.as_deref(), None);
+            }
+            FaultSpec::HttpStreamTruncate(f) => {
+                self.check_attachment(path, &f.listen, &f.upstream, f.port);
+                self.check_http_match(path, f.path.as_deref(), None);
+            }
+            FaultSpec::NetworkSkew(f) => {
+                if f.port == 0 {
+                    self.error(
+                        &path.key("port"),
+                        "expected a port between 1 and 65535, found 0",
+                        None,
+                    );
+                }
+                if f.to.parse::<std::net::SocketAddr>().is_err() {
+                    self.error(
+                        &path.key("to"),
+                        format!(
+                            "expected the backend as `ip:port` (e.g. `10.0.0.2:8080`, `[fd00::2]:8080`), found `{}`",
+                            f.to
+                        ),
+                        None,
+                    );
+                }
+                if f.share.value() == 0.0 {
+                    self.error(&path.key("share"), "expected a share above 0%", None);
+                }
+            }
             FaultSpec::DbLock(f) => self.check_db_lock(path, f, step),
             FaultSpec::GpuUnavailable(f) => {
                 if f.after_calls == Some(0) {
@@ -1275,6 +1370,12 @@ fn is_host_port(s: &str) -> bool {
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
     };
     host_ok && port.parse::<u16>().is_ok_and(|p| p > 0)
+}
+
+fn is_header_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn is_ip_or_cidr(s: &str) -> bool {

@@ -185,6 +185,7 @@ async fn http_stats_count_requests_matches_errors_and_delays() {
             errors: 1,
             delayed: 3,
             bad_gateway: 0,
+            ..Default::default()
         }
     );
 }

@@ -6,6 +6,7 @@ mod api;
 mod drain;
 mod http;
 mod l4;
+mod llm;
 mod python_client;
 mod transparent;
 mod util;

@@ -29,10 +29,22 @@ pub enum FaultSpec {
     NetworkLoss(NetworkLoss),
     #[serde(rename = "network.partition")]
     NetworkPartition(NetworkPartition),
+    #[serde(rename = "network.skew")]
+    NetworkSkew(NetworkSkew),
     #[serde(rename = "http.error")]
     HttpError(HttpError),
     #[serde(rename = "http.delay")]
     HttpDelay(HttpDelay),
+    #[serde(rename = "http.rate_limit")]
+    HttpRateLimit(HttpRateLimit),
+    #[serde(rename = "http.queue")]
+    HttpQueue(HttpQueue),
+    #[serde(rename = "http.stream_stall")]
+    HttpStreamStall(HttpStreamStall),
+    #[serde(rename = "http.stream_slow")]
+    HttpStreamSlow(HttpStreamSlow),
+    #[serde(rename = "http.stream_truncate")]
+    HttpStreamTruncate(HttpStreamTruncate),
     #[serde(rename = "db.lock")]
     DbLock(DbLock),
     #[serde(rename = "gpu.unavailable")]
@@ -59,8 +71,14 @@ impl FaultSpec {
         "network.bandwidth",
         "network.loss",
         "network.partition",
+        "network.skew",
         "http.error",
         "http.delay",
+        "http.rate_limit",
+        "http.queue",
+        "http.stream_stall",
+        "http.stream_slow",
+        "http.stream_truncate",
         "db.lock",
         "gpu.unavailable",
         "gpu.slow",
@@ -78,8 +96,14 @@ impl FaultSpec {
             FaultSpec::NetworkBandwidth(_) => "network.bandwidth",
             FaultSpec::NetworkLoss(_) => "network.loss",
             FaultSpec::NetworkPartition(_) => "network.partition",
+            FaultSpec::NetworkSkew(_) => "network.skew",
             FaultSpec::HttpError(_) => "http.error",
             FaultSpec::HttpDelay(_) => "http.delay",
+            FaultSpec::HttpRateLimit(_) => "http.rate_limit",
+            FaultSpec::HttpQueue(_) => "http.queue",
+            FaultSpec::HttpStreamStall(_) => "http.stream_stall",
+            FaultSpec::HttpStreamSlow(_) => "http.stream_slow",
+            FaultSpec::HttpStreamTruncate(_) => "http.stream_truncate",
             FaultSpec::DbLock(_) => "db.lock",
             FaultSpec::GpuUnavailable(_) => "gpu.unavailable",
             FaultSpec::GpuSlow(_) => "gpu.slow",
@@ -159,5 +183,26 @@ mod tests {
         )
         .expect("fault");
         assert_eq!(spec.params().expect("params")["pid"], 42);
+    }
+
+    #[test]
+    fn the_llm_gateway_kinds_round_trip_through_agent_params() {
+        for yaml in [
+            "http.rate_limit: { port: 8443, rate: 10/s, key: header, header: x-api-key }",
+            "http.queue: { port: 8443, concurrency: 2, timeout: 2s }",
+            "http.stream_stall: { port: 8443, after_events: 5, hold: 2s, then: cut }",
+            "http.stream_slow: { port: 8443, rate: 5/s, probability: 50% }",
+            "http.stream_truncate: { port: 8443, after_events: 3, done: true }",
+            "network.skew: { port: 8080, to: '10.0.0.2:8000', share: 80% }",
+        ] {
+            let spec: FaultSpec = serde_yaml::with::singleton_map::deserialize(
+                serde_yaml::Deserializer::from_str(yaml),
+            )
+            .expect(yaml);
+            let back = FaultSpec::from_kind_and_params(spec.kind(), spec.params().expect("params"))
+                .expect(yaml);
+            assert_eq!(back, spec, "{yaml}");
+            assert!(FaultSpec::KINDS.contains(&spec.kind()));
+        }
     }
 }

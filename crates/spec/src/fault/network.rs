@@ -3,7 +3,8 @@
 //! Connection faults (latency, drop, bandwidth) attach either as a proxy
 //! (`listen` -> `upstream`) or transparently to a local `port`, whose traffic an
 //! nftables table of the fault's own redirects into the proxy. Packet faults (loss,
-//! partition) are nftables rules matched by port and peer.
+//! partition) are nftables rules matched by port and peer; `network.skew` is an
+//! nftables destination NAT of a share of a port's new connections.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -141,4 +142,18 @@ pub struct NetworkPartition {
     pub direction: PacketDirection,
     #[serde(default)]
     pub action: PartitionAction,
+}
+
+/// Load-balancer skew: a share of the new connections to a local `port` is sent
+/// to one backend (`to`), whatever the balancer would have chosen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSkew {
+    /// The balanced port on this host whose new TCP connections are skewed.
+    pub port: u16,
+    /// The hot backend, `ip:port` (an IP address, not a name).
+    pub to: String,
+    /// Share of the port's new connections sent to `to`.
+    #[serde(default = "hundred_percent")]
+    pub share: Percent,
 }
