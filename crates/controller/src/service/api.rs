@@ -572,8 +572,8 @@ pub(crate) fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 pub(crate) fn app(router: Router<AppState>, state: AppState) -> Router {
     router
         .route("/v1/openapi.json", axum::routing::get(openapi_json))
-        .route("/", axum::routing::get(docs_page))
         .route("/docs", axum::routing::get(docs_page))
+        .merge(super::ui::routes())
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -592,9 +592,11 @@ pub(crate) fn app(router: Router<AppState>, state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Paths anyone may read: load balancers, API clients discovering the API.
+/// Paths anyone may read: load balancers, API clients discovering the API, and
+/// the dashboard's static assets (the browser loads them before anyone signs in;
+/// they hold no data: every figure they show comes from the API, with a token).
 fn public(path: &str) -> bool {
-    matches!(path, "/v1/health" | "/v1/openapi.json" | "/" | "/docs")
+    matches!(path, "/v1/health" | "/v1/openapi.json" | "/" | "/docs") || super::ui::serves(path)
 }
 
 async fn authenticate(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
