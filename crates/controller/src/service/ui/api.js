@@ -49,7 +49,8 @@ export async function call(method, path, body, t = token()) {
     try { json = JSON.parse(text); } catch { json = { reason: text }; }
   }
   if (!resp.ok) {
-    if (resp.status === 401) onUnauthorized();
+    // The signed-in token stopped working (not a sign-in attempt with a new one).
+    if (resp.status === 401 && t && t === token()) onUnauthorized();
     throw new ApiError(resp.status, json);
   }
   return json;

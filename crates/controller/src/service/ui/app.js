@@ -250,6 +250,21 @@ async function runPage(id) {
   const tl = new Timeline(chart, `Timeline of run ${run.id}: latency and availability per probe, fault windows shaded`);
   const faults = new Map(); // fault id -> {step, kind, agent, state, injected, reverted, detail, error}
   let current = run.status;
+  // The run's second 0 on this browser's clock, estimated from when events arrive
+  // (an event at at_s cannot arrive before epoch + at_s): while the run is in
+  // flight the chart's right edge is now, so an active fault window grows.
+  let epoch = null;
+  const seen = (at) => {
+    if (!Number.isFinite(at)) return;
+    const e = performance.now() - at * 1000;
+    epoch = epoch === null ? e : Math.min(epoch, e);
+  };
+  const clock = setInterval(() => {
+    if (epoch === null || !IN_FLIGHT.has(current)) return;
+    const now = (performance.now() - epoch) / 1000;
+    tl.at(now);
+    elapsed.textContent = `${fmt(now)} s`;
+  }, 500);
 
   const setStatus = (s, why) => {
     current = s;
@@ -292,6 +307,7 @@ async function runPage(id) {
   const onEvent = (e) => {
     const d = e.data || {};
     logEvent(e);
+    seen(e.event === 'window' && d.point ? d.point.t_s : d.at_s);
     switch (e.event) {
       case 'phase':
         phase.textContent = d.phase;
@@ -380,7 +396,7 @@ async function runPage(id) {
       phase.textContent = phase.textContent === 'aborting' ? 'ended (aborted)' : `ended`;
     }
   });
-  return () => ctl.abort();
+  return () => { ctl.abort(); clearInterval(clock); };
 }
 
 function stateText(f) {

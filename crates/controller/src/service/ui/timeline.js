@@ -116,7 +116,11 @@ export class Timeline {
     this.body.replaceWith(g);
     this.body = g;
     const open = [...this.windows.values()].filter((w) => w.end === null).length;
+    const firstFault = Math.min(...[...this.windows.values()].map((w) => w.start));
+    let during = 0;
+    for (const s of this.probes.values()) during += s.points.filter((p) => p.t + p.bucket / 2 >= firstFault).length;
     this.svg.setAttribute('data-points', this.points);
+    this.svg.setAttribute('data-points-in-faults', during);
     this.svg.setAttribute('data-windows', this.windows.size);
     this.svg.setAttribute('data-open-windows', open);
     this.desc.textContent = this.describe();
@@ -149,7 +153,9 @@ export class Timeline {
       }
       g.append(el('rect', { x: sx(w.start), y: T, width: Math.max(1, sx(end) - sx(w.start)), height: 3, fill: shade }));
       const label = `${step}${w.agents.size > 1 ? ` (${w.agents.size} agents)` : ''}${state === 'injected' ? ' (active)' : ''}`;
-      g.append(el('text', { x: sx(w.start) + 4, y: T + 16 + 14 * (w.index % 3), 'font-size': 12, fill: '#1f2328' }, label));
+      // A window near the right edge is labelled leftwards, so the label stays on the chart.
+      const rightwards = sx(w.start) < R - 8 * label.length;
+      g.append(el('text', { x: rightwards ? sx(w.start) + 4 : R - 4, y: T + 16 + 14 * (w.index % 3), 'font-size': 12, fill: '#1f2328', 'text-anchor': rightwards ? 'start' : 'end' }, label));
     }
     // Axes, ticks, grid.
     g.append(el('line', { x1: L, x2: L, y1: T, y2: B, stroke: '#57606a' }));
@@ -166,11 +172,16 @@ export class Timeline {
     if (name === 'availability') {
       g.append(el('text', { x: R, y: B + 27, 'font-size': 11, 'text-anchor': 'end', fill: '#57606a' }, "seconds from the run's start"));
     }
+    let lastLabel = -Infinity;
+    let row = 0;
     for (const p of this.phases) {
-      if (p.at <= x0) continue;
+      if (p.at < x0) continue;
       g.append(el('line', { x1: sx(p.at), x2: sx(p.at), y1: T, y2: B, stroke: PALETTE.phase, 'stroke-dasharray': '4 4' }));
       const nearEnd = x1 - p.at < (x1 - x0) * 0.08;
-      g.append(el('text', { x: sx(p.at) + (nearEnd ? -3 : 3), y: B - 5, 'font-size': 11, fill: PALETTE.phase, 'text-anchor': nearEnd ? 'end' : 'start' }, p.name));
+      // Phases a moment apart (preflight, baseline) get their labels stacked.
+      row = sx(p.at) - lastLabel < 70 ? row + 1 : 0;
+      lastLabel = sx(p.at);
+      g.append(el('text', { x: sx(p.at) + (nearEnd ? -3 : 3), y: B - 5 - 12 * row, 'font-size': 11, fill: PALETTE.phase, 'text-anchor': nearEnd ? 'end' : 'start' }, p.name));
     }
     // Series: a bucket without a figure breaks the line.
     for (const s of series) {
