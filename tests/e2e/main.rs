@@ -7,6 +7,7 @@ mod demo;
 mod run;
 mod serve;
 mod tidy;
+mod ui;
 
 use std::path::{Path, PathBuf};
 
