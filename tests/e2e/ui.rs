@@ -12,6 +12,10 @@
 //! Missing node or playwright-core is a failure naming the command that installs
 //! them; only a Chromium that cannot start skips, saying why.
 
+// The test's output names the screenshots' folder, the browser script's log, and
+// a skip: what someone reading a CI log needs.
+#![allow(clippy::print_stderr)]
+
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
