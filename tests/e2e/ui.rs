@@ -4,9 +4,12 @@
 //! demo completion API (in this process) with a `db.lock` on its jobs database.
 //! The browser script, tests/ui/dashboard.mjs, signs in, pastes an invalid
 //! experiment and sees the located error, stores a valid one, starts a run, watches
-//! the timeline gain points and a shaded fault window live, aborts the run and sees
+//! the timeline gain points and a shaded fault window live, cuts the browser's
+//! connections (it reaches the controller through a TCP relay of its own) and sees
+//! the stream resume with `Last-Event-ID`, every event once, aborts the run and sees
 //! every fault reverted and the status `aborted`, then checks that a viewer sees no
-//! abort or halt control and that halt asks before it acts. Screenshots of the run
+//! abort or halt control and that halt asks before it acts. On each page every
+//! control must be labelled, and no token may reach a URL or the console. Screenshots of the run
 //! page go to target/ui-artifacts/<test>-<pid>/, printed in the test output.
 //!
 //! Missing node or playwright-core is a failure naming the command that installs

@@ -7,6 +7,7 @@
 // ARTIFACTS (screenshots), CHROMIUM, USER_DATA_DIR.
 
 import { readFileSync, mkdirSync } from 'node:fs';
+import net from 'node:net';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
@@ -15,13 +16,31 @@ const env = (k) => {
   if (!v) { console.error(`dashboard: ${k} is not set`); process.exit(2); }
   return v;
 };
-const URL = env('FAULTLINE_URL');
+const API = new globalThis.URL(env('FAULTLINE_URL'));
 const TOKENS = { admin: env('FAULTLINE_ADMIN'), operator: env('FAULTLINE_OPERATOR'), viewer: env('FAULTLINE_VIEWER') };
 const YAML = readFileSync(env('EXPERIMENT_FILE'), 'utf8');
 const ARTIFACTS = env('ARTIFACTS');
 mkdirSync(ARTIFACTS, { recursive: true });
 
 const log = (...a) => console.log('dashboard:', ...a);
+
+// The browser reaches the controller through this TCP relay, so the test can cut
+// every connection (as a proxy restart or a Wi-Fi drop would) and watch the run
+// page resume its event stream.
+const sockets = new Set();
+const relay = net.createServer((client) => {
+  const upstream = net.connect(Number(API.port), API.hostname);
+  for (const s of [client, upstream]) {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+    s.on('error', () => {});
+  }
+  client.pipe(upstream).pipe(client);
+});
+await new Promise((resolve) => relay.listen(0, '127.0.0.1', resolve));
+const URL = `http://127.0.0.1:${relay.address().port}`;
+let cut = false;
+const cutConnections = () => { cut = true; for (const s of sockets) s.destroy(); };
 const T = { short: 10_000, run: 30_000 };
 
 let context;
@@ -46,7 +65,9 @@ page.on('console', (m) => {
   const text = m.text();
   // Chromium logs every failed fetch; the 401 of the unknown token and the 422 of
   // the invalid experiment are what this test asks for.
-  const expected = /^Failed to load resource: the server responded with a status of (401|422)/.test(text);
+  // So is what cutting the connections breaks.
+  const expected = /^Failed to load resource: the server responded with a status of (401|422)/.test(text)
+    || (cut && /^Failed to load resource: net::ERR_(INCOMPLETE_CHUNKED_ENCODING|CONNECTION_RESET|EMPTY_RESPONSE|CONNECTION_CLOSED)/.test(text));
   if (m.type() === 'error' && !expected) problems.push(`console error: ${text}`);
   for (const t of Object.values(TOKENS)) if (text.includes(t)) problems.push('a token was logged to the console');
 });
@@ -60,6 +81,21 @@ const shot = async (name) => {
   await page.screenshot({ path, fullPage: true });
   log(`screenshot ${path}`);
 };
+
+/** Every form control on the page has a label, every button a name. */
+async function labelled(where) {
+  const bad = await page.evaluate(() => {
+    const out = [];
+    for (const el of document.querySelectorAll('main input, main select, main textarea, dialog input')) {
+      if (!(el.labels && el.labels.length) && !el.getAttribute('aria-label')) out.push(`${el.tagName.toLowerCase()}#${el.id}`);
+    }
+    for (const b of document.querySelectorAll('button')) {
+      if (!b.textContent.trim() && !b.getAttribute('aria-label')) out.push(`button#${b.id}`);
+    }
+    return out;
+  });
+  expect(bad.length === 0, `${where}: labelled controls, unlabelled: ${bad.join(', ')}`);
+}
 
 async function signIn(role) {
   await page.getByLabel('API token').fill(TOKENS[role]);
@@ -75,12 +111,17 @@ async function signOut() {
 
 try {
   await page.goto(URL);
+  // Keyboard: the sign-in page starts in the token field, with only the skip link before it.
+  expect(await page.evaluate(() => document.activeElement?.id) === 'token', 'focus starts in the token field');
+  await page.keyboard.press('Shift+Tab');
+  expect(await page.evaluate(() => document.activeElement?.textContent) === 'Skip to content', 'the skip link comes first');
   // An unknown token is refused with a message, and nothing else is shown.
   await page.getByLabel('API token').fill('not-a-token');
   await page.getByRole('button', { name: 'Sign in' }).click();
   await page.getByRole('alert').filter({ hasText: 'does not know this token' }).waitFor();
   expect(await page.locator('#nav').isHidden(), 'no navigation before sign-in');
 
+  await labelled('sign-in');
   await signIn('operator');
   expect(await page.locator('#halt').isHidden(), 'an operator sees no halt button');
 
@@ -95,6 +136,7 @@ try {
   const diagText = await diag.innerText();
   expect(diagText.includes(`request.yaml:${bogusLine}:1`) && diagText.includes('bogus'), `a located error at request.yaml:${bogusLine}:1, got: ${diagText}`);
   log(`invalid experiment: ${diagText}`);
+  await labelled('experiments');
   await shot('experiment-invalid.png');
 
   // A valid one is stored; its page shows the YAML and starts runs.
@@ -105,6 +147,7 @@ try {
   await page.getByRole('button', { name: 'Start run' }).click();
   await page.waitForURL(/#\/runs\/run_/);
   const runId = page.url().split('#/runs/')[1];
+  await labelled('run');
   log(`run ${runId}`);
 
   // Live: the timeline gains points, a fault window is shaded while injected.
@@ -124,6 +167,18 @@ try {
   expect(await page.locator('polyline.series[data-series="p99"]').count() >= 1, 'a p99 line is drawn');
   log(`timeline went from ${before} to ${await points()} windows with a fault window shaded`);
   await shot('run-live.png');
+
+  // A dropped stream resumes after the last event seen (Last-Event-ID): every
+  // event shown once, in order, none missing.
+  const seenBefore = await points();
+  const reconnected = page.waitForRequest((r) => r.url().includes('/events') && r.headers()['last-event-id'] !== undefined, { timeout: T.run });
+  cutConnections();
+  const resumed = await reconnected;
+  log(`stream cut; resumed with Last-Event-ID ${resumed.headers()['last-event-id']}`);
+  await page.waitForFunction((n) => Number(document.querySelector('#timeline svg').getAttribute('data-points')) > n, seenBefore, { timeout: T.run });
+  const ids = (await page.locator('#events li').evaluateAll((lis) => lis.map((li) => li.dataset.id))).filter(Boolean).map(Number).reverse();
+  expect(ids.every((id, i) => id === i + 1), `events 1..${ids.length} once each after the reconnect, got ${ids.join(',')}`);
+  log(`stream dropped and resumed: events 1..${ids.length}, each once`);
 
   // Abort: every fault reverted, status aborted.
   await page.getByRole('button', { name: 'Abort run' }).click();
@@ -163,6 +218,7 @@ try {
   await signOut();
   await signIn('admin');
   await page.getByRole('link', { name: 'Schedules' }).click();
+  await labelled('schedules');
   await page.getByLabel('Name').fill('ui-gameday');
   await page.getByLabel('Cron').fill('0 0 3 1 1 *');
   await page.getByRole('button', { name: 'Create schedule' }).click();
@@ -196,3 +252,5 @@ try {
   process.exit(1);
 }
 await context.close();
+relay.close();
+cutConnections();

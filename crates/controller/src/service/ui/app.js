@@ -300,8 +300,8 @@ async function runPage(id) {
   };
 
   const logEvent = (e) => {
-    log.prepend(h('li', {}, h('code', {}, `${e.id ?? ''} ${e.event}`), ' ', JSON.stringify(e.data)));
-    while (log.childElementCount > 300) log.lastElementChild.remove();
+    log.prepend(h('li', { 'data-id': e.id ?? '' }, h('code', {}, `${e.id ?? ''} ${e.event}`), ' ', JSON.stringify(e.data)));
+    while (log.childElementCount > 2000) log.lastElementChild.remove();
   };
 
   const onEvent = (e) => {
