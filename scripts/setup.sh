@@ -19,6 +19,7 @@ PACKAGES=(
   iproute2        # ip netns / veth: the network tests' own namespaces; ss -K
   python3-venv    # the published Toxiproxy client the proxy API is tested with
   openssl         # test certificates for the agent's TLS tests
+  chromium        # the dashboard's browser test (tests/e2e/ui.rs): /usr/bin/chromium, headless
 )
 
 # Root for package installs and starting services; sudo where we are not root.
@@ -84,6 +85,26 @@ if ! "$st_venv/bin/schemathesis" --version 2>/dev/null | grep -q '4.32.5'; then
   rm -rf "$st_venv"
   python3 -m venv "$st_venv"
   "$st_venv/bin/pip" install -q 'schemathesis==4.32.5'
+fi
+
+# --- playwright-core (npm) for the dashboard's browser test ---
+# node and npm: the machine image's (a nodejs package that carries npm) where there
+# is one; Debian's only where either command is missing, so an image's newer
+# nodejs is never replaced by Debian's older one.
+node_missing=()
+command -v node >/dev/null 2>&1 || node_missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || node_missing+=(npm)
+if ((${#node_missing[@]})); then
+  echo "setup: installing ${node_missing[*]}" >&2
+  "${as_root[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq --no-install-recommends "${node_missing[@]}"
+fi
+# Exactly the locked version, into the gitignored tests/ui/node_modules. It drives
+# Debian's Chromium above: no browser is downloaded (`playwright install` is never run).
+want_pw=$(node -p "require('./tests/ui/package-lock.json').packages['node_modules/playwright-core'].version")
+have_pw=$(node -p "try { require('./tests/ui/node_modules/playwright-core/package.json').version } catch { '' }")
+if [ "$want_pw" != "$have_pw" ]; then
+  (cd tests/ui && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -8,6 +8,7 @@ mod guardian;
 mod run;
 mod serve;
 mod tidy;
+mod ui;
 
 use std::path::{Path, PathBuf};
 

@@ -14,12 +14,12 @@ use serde_json::{Value, json};
 
 use crate::agent::{bin, http};
 
-const ADMIN: &str = "e2e-admin";
-const OPERATOR: &str = "e2e-operator";
-const VIEWER: &str = "e2e-viewer";
+pub(crate) const ADMIN: &str = "e2e-admin";
+pub(crate) const OPERATOR: &str = "e2e-operator";
+pub(crate) const VIEWER: &str = "e2e-viewer";
 
 /// A service config with three tokens and `pid:*` allowed on this host.
-fn write_config(dir: &Path) -> std::path::PathBuf {
+pub(crate) fn write_config(dir: &Path) -> std::path::PathBuf {
     for (name, secret) in [("admin", ADMIN), ("operator", OPERATOR), ("viewer", VIEWER)] {
         std::fs::write(dir.join(name), format!("{secret}\n")).expect("token file");
     }
@@ -43,7 +43,7 @@ concurrency: refuse
 }
 
 /// A `faultline serve` process, killed if a test ends without stopping it.
-struct Serve(Process);
+pub(crate) struct Serve(Process);
 
 impl Drop for Serve {
     fn drop(&mut self) {
@@ -56,7 +56,7 @@ impl Drop for Serve {
 
 /// Starts `faultline serve` and waits for the line that says where it listens;
 /// answers the process, the address and its earlier stderr lines.
-fn start_serve(dir: &Path, config: &Path) -> (Serve, SocketAddr, Vec<String>) {
+pub(crate) fn start_serve(dir: &Path, config: &Path) -> (Serve, SocketAddr, Vec<String>) {
     start_serve_with(dir, config, &[])
 }
 
@@ -97,7 +97,13 @@ fn start_serve_with(
     }
 }
 
-fn call(addr: SocketAddr, method: &str, path: &str, token: &str, body: &Value) -> (u16, Value) {
+pub(crate) fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: &Value,
+) -> (u16, Value) {
     let body = if body.is_null() {
         String::new()
     } else {

@@ -1004,6 +1004,69 @@ mod postgres {
     }
 }
 
+// === the dashboard ===
+
+/// The dashboard's files need no token and carry a strict CSP; what they show
+/// comes from `/v1/me` and `/v1/agents`, which do. (tests/e2e/ui.rs drives the
+/// pages themselves in Chromium.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_is_served_without_a_token_and_its_data_needs_one() {
+    let f = fixture(Backend::Sqlite).await;
+    for (path, ct) in [
+        ("/", "text/html"),
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/palette.js", "text/javascript"),
+        ("/ui/app.css", "text/css"),
+    ] {
+        let resp = f
+            .http
+            .get(format!("{}{path}", f.base))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 200, "{path}");
+        let h = resp.headers();
+        assert!(
+            h["content-type"].to_str().is_ok_and(|v| v.starts_with(ct)),
+            "{path}: {h:?}"
+        );
+        let csp = h["content-security-policy"].to_str().expect("csp");
+        assert!(
+            csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+            "{csp}"
+        );
+    }
+    let (code, body) = f.call("GET", "/ui/../v1/runs", None, None).await;
+    assert_ne!(code, 200, "{body}");
+    let (code, body) = f.call("GET", "/ui/nope.js", None, None).await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+    let (code, body) = f.call("GET", "/docs", None, None).await;
+    assert!(
+        code == 200
+            && body
+                .as_str()
+                .is_some_and(|b| b.contains("/v1/openapi.json"))
+    );
+
+    let (code, _) = f.call("GET", "/v1/me", None, None).await;
+    assert_eq!(code, 401);
+    let (code, me) = f.call("GET", "/v1/me", Some(VIEWER), None).await;
+    assert_eq!(code, 200, "{me}");
+    assert_eq!(me, json!({ "name": "dashboard", "role": "viewer" }));
+    let (code, _) = f.call("GET", "/v1/agents", None, None).await;
+    assert_eq!(code, 401);
+    let (code, agents) = f.call("GET", "/v1/agents", Some(VIEWER), None).await;
+    assert_eq!(code, 200, "{agents}");
+    assert_eq!(agents[0]["name"], "local", "{agents}");
+    assert_eq!(agents[0]["reachable"], true, "{agents}");
+    assert_eq!(agents[0]["faults"], json!([]), "{agents}");
+    f.shutdown().await;
+}
+
 // === schemathesis ===
 
 /// schemathesis (PyPI) generates requests from the OpenAPI document and checks

@@ -19,6 +19,7 @@ use std::path::PathBuf;
 pub use html::html;
 pub use junit::junit;
 pub use table::table;
+pub(crate) use timeline::palette;
 pub use timeline::timeline_svg;
 
 use crate::journal::{CheckKind, CheckRecord, FaultRecord, Journal, RunStatus, VerdictRecord};

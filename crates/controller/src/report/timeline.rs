@@ -28,7 +28,7 @@ const LINES: [RGBColor; 6] = [
     RGBColor(23, 190, 207),
 ];
 
-/// Fault window shades (drawn at low opacity).
+/// Fault window shades (drawn at [`SHADE_ALPHA`]).
 const SHADES: [RGBColor; 5] = [
     RGBColor(255, 127, 14),
     RGBColor(148, 103, 189),
@@ -36,6 +36,32 @@ const SHADES: [RGBColor; 5] = [
     RGBColor(227, 119, 194),
     RGBColor(127, 127, 127),
 ];
+
+/// The opacity of a fault window's shade.
+const SHADE_ALPHA: f64 = 0.18;
+
+/// Phase boundaries and their labels.
+const PHASE_LINE: RGBColor = RGBColor(90, 90, 90);
+
+/// The timeline's colours as CSS, for the live dashboard (`service/ui.rs`), so the
+/// live view and the report read the same.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Palette {
+    pub lines: Vec<String>,
+    pub shades: Vec<String>,
+    pub shade_alpha: f64,
+    pub phase: String,
+}
+
+pub(crate) fn palette() -> Palette {
+    let hex = |c: &RGBColor| format!("#{:02x}{:02x}{:02x}", c.0, c.1, c.2);
+    Palette {
+        lines: LINES.iter().map(hex).collect(),
+        shades: SHADES.iter().map(hex).collect(),
+        shade_alpha: SHADE_ALPHA,
+        phase: hex(&PHASE_LINE),
+    }
+}
 
 /// One fault step's window: the union of its faults' windows on every agent.
 struct Window {
@@ -244,7 +270,7 @@ fn panel(
         chart
             .draw_series(std::iter::once(Rectangle::new(
                 [(w.start, y.start), (w.end, y.end)],
-                shade.mix(0.18).filled(),
+                shade.mix(SHADE_ALPHA).filled(),
             )))
             .map_err(chart_err)?;
         // Labels stagger down from the top so overlapping windows stay legible.
@@ -262,7 +288,7 @@ fn panel(
         if *at <= x.start {
             continue;
         }
-        let grey = RGBColor(90, 90, 90);
+        let grey = PHASE_LINE;
         chart
             .draw_series(DashedLineSeries::new(
                 [(*at, y.start), (*at, y.end)],

@@ -458,6 +458,14 @@ pub struct HealthView {
     pub queued: usize,
 }
 
+/// `GET /v1/me`: the token's name (what the audit log records) and role.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MeView {
+    #[schema(example = "dashboard")]
+    pub name: String,
+    pub role: Role,
+}
+
 /// `POST /v1/halt`: the runs aborted and what each agent reverted.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct HaltView {
@@ -555,6 +563,8 @@ pub(crate) fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(get_schedule, update_schedule, delete_schedule))
         .routes(routes!(audit))
         .routes(routes!(metrics))
+        .routes(routes!(me))
+        .routes(routes!(agents))
         .split_for_parts()
 }
 
@@ -562,8 +572,8 @@ pub(crate) fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 pub(crate) fn app(router: Router<AppState>, state: AppState) -> Router {
     router
         .route("/v1/openapi.json", axum::routing::get(openapi_json))
-        .route("/", axum::routing::get(docs_page))
         .route("/docs", axum::routing::get(docs_page))
+        .merge(super::ui::routes())
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -582,9 +592,11 @@ pub(crate) fn app(router: Router<AppState>, state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Paths anyone may read: load balancers, API clients discovering the API.
+/// Paths anyone may read: load balancers, API clients discovering the API, and
+/// the dashboard's static assets (the browser loads them before anyone signs in;
+/// they hold no data: every figure they show comes from the API, with a token).
 fn public(path: &str) -> bool {
-    matches!(path, "/v1/health" | "/v1/openapi.json" | "/" | "/docs")
+    matches!(path, "/v1/health" | "/v1/openapi.json" | "/" | "/docs") || super::ui::serves(path)
 }
 
 async fn authenticate(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
@@ -1176,6 +1188,30 @@ async fn metrics(
         s.manager.metrics.encode(),
     )
         .into_response())
+}
+
+/// Who a token is: its name and role. The dashboard asks this at sign-in, to
+/// show only the controls the role may use. Viewer.
+#[utoipa::path(get, path = "/v1/me", tag = "operations",
+    responses((status = 200, body = MeView), (status = 401, body = ErrorBody)))]
+async fn me(Extension(p): Extension<Principal>) -> ApiResult<Json<MeView>> {
+    require(&p, Role::Viewer)?;
+    Ok(Json(MeView {
+        name: p.name,
+        role: p.role,
+    }))
+}
+
+/// Every agent runs can reach (the inventory's and `local`, the in-process one),
+/// each with the faults it holds now, as the agent itself answers. Viewer.
+#[utoipa::path(get, path = "/v1/agents", tag = "operations",
+    responses((status = 200, body = Vec<super::agents::AgentView>), (status = 401, body = ErrorBody)))]
+async fn agents(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+) -> ApiResult<Json<Vec<super::agents::AgentView>>> {
+    require(&p, Role::Viewer)?;
+    Ok(Json(super::agents::list(s.manager.connector()).await))
 }
 
 /// Items of the SSE stream.

@@ -181,6 +181,11 @@ impl Manager {
         &self.store
     }
 
+    /// How runs reach agents; `GET /v1/agents` asks each agent what it holds.
+    pub fn connector(&self) -> &Arc<Connector> {
+        &self.connector
+    }
+
     /// Events of every run as they are stored, and the end of each run.
     pub fn subscribe(&self) -> broadcast::Receiver<Live> {
         self.live.subscribe()

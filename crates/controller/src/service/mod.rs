@@ -3,13 +3,15 @@
 //! manager (`manager.rs`) that runs experiments through the engine and keeps two
 //! runs off one agent, live events as Server-Sent Events (`sse.rs`), API tokens
 //! with roles (`auth.rs`), an allow-list for what untrusted experiments may do on
-//! this host (`policy.rs`), and the game-day scheduler.
+//! this host (`policy.rs`), the game-day scheduler, and the game-day dashboard
+//! (`ui.rs`: static pages at `/` that use the same API with the same tokens).
 //!
 //! A start marks every run the store still calls queued or running as aborted
 //! (their controller is gone; the agents revert their faults when the leases
 //! lapse, and the in-process agent's journal is replayed now), so no run stays
 //! `running` forever.
 
+mod agents;
 pub mod api;
 pub mod auth;
 pub mod config;
@@ -17,6 +19,7 @@ pub mod manager;
 mod metrics;
 pub mod policy;
 mod sse;
+mod ui;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
