@@ -1,0 +1,229 @@
+//! A real OpenAI-style completion server on 127.0.0.1, port 0, whose stream the
+//! query string shapes (shared with `benches/llm_ttft.rs`):
+//!
+//! `POST /v1/chat/completions?first_ms=200&pace_ms=20&tokens=8&stall_after=3&stall_ms=2000&usage=1&done=1&finish=1&sse=1&stream=1`
+//!
+//! - `first_ms`: delay before the first token; `pace_ms`: between tokens;
+//!   `tokens`: how many (each one event with one word);
+//! - `stall_after` / `stall_ms`: after that many tokens, hold the stream that long;
+//! - `usage=N`: the last chunk reports `usage.completion_tokens: N` (0: no usage);
+//! - `done=0`: end the body without `data: [DONE]` (a stream cut short);
+//!   `finish=0`: no `finish_reason`; `cut_after=N`: end the body after N tokens;
+//! - `sse=0`: answer `application/json` whatever was asked;
+//! - `stream=0`: a non-streamed completion after `first_ms`.
+//!
+//! The server measures its own delay from a request's arrival to the write of its
+//! first token ([`SseState::first_delays_us`]), so a benchmark can take the
+//! server's timer out of the probe's error.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+#[derive(Debug, Default)]
+pub struct SseState {
+    pub requests: AtomicU64,
+    /// Arrival to the write of the first token, per streamed request, in µs.
+    pub first_delays_us: Mutex<Vec<u64>>,
+}
+
+#[derive(Debug)]
+pub struct SseServer {
+    pub addr: SocketAddr,
+    pub state: Arc<SseState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SseServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl SseServer {
+    /// Binds and accepts on the current runtime; it is ready when this returns.
+    pub async fn start() -> SseServer {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let state = Arc::new(SseState::default());
+        let st = Arc::clone(&state);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let _ = stream.set_nodelay(true);
+                let st = Arc::clone(&st);
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| handle(Arc::clone(&st), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        SseServer { addr, state, task }
+    }
+
+    pub fn url(&self, query: &str) -> String {
+        format!("http://{}/v1/chat/completions?{query}", self.addr)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    first: Duration,
+    pace: Duration,
+    tokens: u64,
+    stall_after: Option<u64>,
+    stall: Duration,
+    usage: u64,
+    done: bool,
+    finish: bool,
+    sse: bool,
+    stream: bool,
+    cut_after: Option<u64>,
+}
+
+fn shape(query: &str) -> Shape {
+    let mut s = Shape {
+        first: Duration::ZERO,
+        pace: Duration::from_millis(10),
+        tokens: 5,
+        stall_after: None,
+        stall: Duration::ZERO,
+        usage: 0,
+        done: true,
+        finish: true,
+        sse: true,
+        stream: true,
+        cut_after: None,
+    };
+    for pair in query.split('&') {
+        let Some((k, v)) = pair.split_once('=') else {
+            continue;
+        };
+        let n: u64 = v.parse().unwrap_or(0);
+        let ms = Duration::from_millis(n);
+        match k {
+            "first_ms" => s.first = ms,
+            "pace_ms" => s.pace = ms,
+            "tokens" => s.tokens = n,
+            "stall_after" => s.stall_after = Some(n),
+            "stall_ms" => s.stall = ms,
+            "usage" => s.usage = n,
+            "done" => s.done = n != 0,
+            "finish" => s.finish = n != 0,
+            "sse" => s.sse = n != 0,
+            "stream" => s.stream = n != 0,
+            "cut_after" => s.cut_after = Some(n),
+            _ => {}
+        }
+    }
+    s
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+async fn handle(st: Arc<SseState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let arrived = Instant::now();
+    st.requests.fetch_add(1, Ordering::Relaxed);
+    let s = shape(req.uri().query().unwrap_or_default());
+    // Read the request body before answering, as a real server does.
+    let _ = req.into_body().collect().await;
+    if !s.stream || !s.sse {
+        tokio::time::sleep(s.first).await;
+        let body = format!(
+            r#"{{"id":"x","object":"chat.completion","choices":[{{"index":0,"message":{{"role":"assistant","content":"hello world"}},"finish_reason":"stop"}}]{}}}"#,
+            if s.usage > 0 {
+                format!(r#","usage":{{"completion_tokens":{}}}"#, s.usage)
+            } else {
+                String::new()
+            }
+        );
+        let mut resp = Response::new(Full::new(Bytes::from(body)).boxed());
+        resp.headers_mut()
+            .insert("content-type", "application/json".parse().expect("header"));
+        return Ok(resp);
+    }
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    tokio::spawn(stream(st, s, arrived, tx));
+    let body = ChannelBody(rx).boxed();
+    let mut resp = Response::new(body);
+    resp.headers_mut()
+        .insert("content-type", "text/event-stream".parse().expect("header"));
+    Ok(resp)
+}
+
+async fn stream(st: Arc<SseState>, s: Shape, arrived: Instant, tx: mpsc::Sender<Bytes>) {
+    let chunk = |content: &str| {
+        Bytes::from(format!(
+            "data: {{\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{content}\"}},\"finish_reason\":null}}]}}\n\n"
+        ))
+    };
+    // A role-only first chunk, as OpenAI sends: not a token.
+    let role = "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n";
+    if tx.send(Bytes::from_static(role.as_bytes())).await.is_err() {
+        return;
+    }
+    tokio::time::sleep_until(tokio::time::Instant::from_std(arrived) + s.first).await;
+    for i in 0..s.tokens {
+        if i > 0 {
+            tokio::time::sleep(s.pace).await;
+        }
+        if s.stall_after == Some(i) {
+            tokio::time::sleep(s.stall).await;
+        }
+        if s.cut_after == Some(i) {
+            return;
+        }
+        if tx.send(chunk(&format!(" w{i}"))).await.is_err() {
+            return;
+        }
+        if i == 0 {
+            let us = u64::try_from(arrived.elapsed().as_micros()).unwrap_or(u64::MAX);
+            st.first_delays_us.lock().expect("lock").push(us);
+        }
+    }
+    if s.finish {
+        let end = "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n";
+        let _ = tx.send(Bytes::from_static(end.as_bytes())).await;
+    }
+    if s.usage > 0 {
+        let u = format!(
+            "data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":3,\"completion_tokens\":{}}}}}\n\n",
+            s.usage
+        );
+        let _ = tx.send(Bytes::from(u)).await;
+    }
+    if s.done {
+        let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+    }
+}
+
+/// The receiving half of a channel as a body of data frames.
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
