@@ -4,6 +4,7 @@
 mod agent;
 mod cli;
 mod demo;
+mod llm;
 mod run;
 mod serve;
 mod tidy;

@@ -28,7 +28,7 @@ use hyper::{Method, Request, Response};
 
 use crate::error::ProbeError;
 pub use crate::load::{DEFAULT_MAX_IN_FLIGHT, Limits, LoadReport};
-use crate::load::{Ended, Exchange, Load, Target, Timing, max_in_flight_for};
+use crate::load::{Ended, Exchange, Load, Target, Timing};
 use crate::window::{Clock, FailureKind, Recorder, Sample};
 
 // === impl StatusRule ===
@@ -107,27 +107,15 @@ impl HttpLoad {
     /// sensitive in the request so that hyper never logs them.
     pub fn new(spec: &HttpProbe) -> Result<Self, ProbeError> {
         let target = Target::new(&spec.url, &spec.headers)?;
-        let mut req = target.template;
+        let mut req = target.template.clone();
         *req.method_mut() = method(spec.method);
         *req.body_mut() = Full::new(Bytes::from(spec.body.clone().unwrap_or_default()));
-
-        let rate = spec.rate.per_second();
-        if !(rate.is_finite() && rate > 0.0) {
-            return Err(ProbeError::Rate { kind: "http" });
-        }
-        let timeout = spec.timeout.get();
+        let exchange = HttpExchange {
+            template: req,
+            success: StatusRule::parse(&spec.success)?,
+        };
         Ok(HttpLoad {
-            load: Load {
-                host: target.host,
-                port: target.port,
-                exchange: HttpExchange {
-                    template: req,
-                    success: StatusRule::parse(&spec.success)?,
-                },
-                rate,
-                timeout,
-                max_in_flight: max_in_flight_for(rate, timeout),
-            },
+            load: Load::new(&target, exchange, spec.rate, spec.timeout.get(), "http")?,
         })
     }
 

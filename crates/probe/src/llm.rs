@@ -58,7 +58,7 @@ use hyper::{Method, Request, Response};
 use serde::Deserialize;
 
 use crate::error::ProbeError;
-use crate::load::{Ended, Exchange, Limits, Load, LoadReport, Target, Timing, max_in_flight_for};
+use crate::load::{Ended, Exchange, Limits, Load, LoadReport, Target, Timing};
 use crate::window::{Clock, FailureKind, Recorder, Sample, StreamFigures};
 
 /// The largest non-streamed answer read (a completion of many thousand tokens).
@@ -103,7 +103,7 @@ impl LlmLoad {
             .collect();
 
         let target = Target::new(&spec.url, &spec.headers)?;
-        let mut req = target.template;
+        let mut req = target.template.clone();
         *req.method_mut() = Method::POST;
         let h = req.headers_mut();
         if !h.contains_key(CONTENT_TYPE) {
@@ -118,25 +118,14 @@ impl LlmLoad {
             h.insert(ACCEPT, HeaderValue::from_static(accept));
         }
 
-        let rate = spec.rate.per_second();
-        if !(rate.is_finite() && rate > 0.0) {
-            return Err(ProbeError::Rate { kind: "llm" });
-        }
-        let timeout = spec.timeout.get();
+        let exchange = LlmExchange {
+            template: req,
+            bodies,
+            api,
+            stream: spec.stream,
+        };
         Ok(LlmLoad {
-            load: Load {
-                host: target.host,
-                port: target.port,
-                exchange: LlmExchange {
-                    template: req,
-                    bodies,
-                    api,
-                    stream: spec.stream,
-                },
-                rate,
-                timeout,
-                max_in_flight: max_in_flight_for(rate, timeout),
-            },
+            load: Load::new(&target, exchange, spec.rate, spec.timeout.get(), "llm")?,
         })
     }
 

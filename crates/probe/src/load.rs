@@ -146,14 +146,35 @@ impl Target {
     }
 }
 
-/// Enough workers for every request to take its whole timeout (plus one for the
-/// worker that is still recording as the next request comes due), capped.
-pub(crate) fn max_in_flight_for(rate: f64, timeout: Duration) -> usize {
-    let needed = (rate * timeout.as_secs_f64()).ceil() + 1.0;
-    if needed >= DEFAULT_MAX_IN_FLIGHT as f64 {
-        DEFAULT_MAX_IN_FLIGHT
-    } else {
-        (needed as usize).max(1)
+impl<E> Load<E> {
+    /// A load of `exchange` against `target`'s host at `rate`, with enough workers
+    /// for every request to take its whole timeout (plus one for the worker that
+    /// is still recording as the next request comes due), capped.
+    pub(crate) fn new(
+        target: &Target,
+        exchange: E,
+        rate: faultline_spec::units::Rate,
+        timeout: Duration,
+        kind: &'static str,
+    ) -> Result<Self, ProbeError> {
+        let rate = rate.per_second();
+        if !(rate.is_finite() && rate > 0.0) {
+            return Err(ProbeError::Rate { kind });
+        }
+        let needed = (rate * timeout.as_secs_f64()).ceil() + 1.0;
+        let max_in_flight = if needed >= DEFAULT_MAX_IN_FLIGHT as f64 {
+            DEFAULT_MAX_IN_FLIGHT
+        } else {
+            (needed as usize).max(1)
+        };
+        Ok(Load {
+            host: target.host.clone(),
+            port: target.port,
+            exchange,
+            rate,
+            timeout,
+            max_in_flight,
+        })
     }
 }
 
