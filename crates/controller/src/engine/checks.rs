@@ -100,6 +100,8 @@ pub(super) fn point_of(s: &Series, i: usize) -> ProbePoint {
             availability: None,
             p50_ms: None,
             p99_ms: None,
+            ttft_p99_ms: None,
+            itl_p99_ms: None,
             failures: BTreeMap::new(),
             value: None,
         };
@@ -112,6 +114,16 @@ pub(super) fn point_of(s: &Series, i: usize) -> ProbePoint {
         availability: slo::availability_percent(b),
         p50_ms: b.quantile(0.5).map(ms),
         p99_ms: b.quantile(0.99).map(ms),
+        ttft_p99_ms: b
+            .stream
+            .as_deref()
+            .and_then(|st| st.ttft_quantile(0.99))
+            .map(ms),
+        itl_p99_ms: b
+            .stream
+            .as_deref()
+            .and_then(|st| st.itl_quantile(0.99))
+            .map(ms),
         failures: FailureKind::ALL
             .iter()
             .filter(|k| b.failures(**k) > 0)
