@@ -157,6 +157,13 @@ fn main() {
             .map(|p| signed(*p as i64 - nominal_us as i64))
             .collect(),
     );
+    // The client's own lateness (scheduled instant to send), as the gap between
+    // the latency and the service time at the same quantile.
+    println!(
+        "\nclient lateness (latency - service time, same quantile): p50 {}, p99 {} ms",
+        signed(w.latency.value_at_quantile(0.5) as i64 - w.service.value_at_quantile(0.5) as i64),
+        signed(w.latency.value_at_quantile(0.99) as i64 - w.service.value_at_quantile(0.99) as i64),
+    );
     println!(
         "\n{} of {} streams completed; ITL p50 {} ms, p99 {} ms (server pace {} ms); {} saturated.",
         w.successes,

@@ -24,12 +24,20 @@
 //! `Bytes`), reads the answer while the worker drives the connection, and turns
 //! how the attempt ended into samples.
 //!
-//! Limits: plain `http://` only (no TLS yet). The scheduler sleeps on tokio's timer,
-//! whose resolution is 1 ms: above 1000 req/s requests go out in small bursts, and
-//! each is charged the wait from its exact scheduled instant to the tick that sent
-//! it (0 to 1 ms, as in wrk2, whose send timer also rounds up to whole
-//! milliseconds). A sleeping OS thread as pacer was tried: punctual on an idle
-//! machine, but starved on a busy one, where it carried about half the rate.
+//! Pacing: tokio's timer has a resolution of 1 ms and, measured, fires 1-2 ms
+//! after the instant asked for; every request would be charged that as latency
+//! (the client's own lateness, not the server's), which is most of a TTFT error
+//! budget of 0.5 ms. So at 500 req/s and below the scheduler asks the timer to wake
+//! it 2 ms early and yields (`yield_now`, other tasks run) until the exact
+//! instant: sends within tens of microseconds of the schedule, for at most about
+//! 1 ms of yielding per request (measured in bench/RESULTS.md, `## llm probe`).
+//! Above 500 req/s requests go out in small bursts on the timer's ticks, and each
+//! is charged the wait from its exact scheduled instant to the tick that sent it
+//! (as in wrk2, whose send timer also rounds up to whole milliseconds). A sleeping
+//! OS thread as pacer was tried: punctual on an idle machine, but starved on a busy
+//! one, where it carried about half the rate.
+//!
+//! Limits: plain `http://` only (no TLS yet).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -55,6 +63,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::ProbeError;
 use crate::window::{Clock, FailureKind, Recorder, Sample};
+
+/// At schedules this sparse or sparser (500 req/s and below), the scheduler wakes
+/// [`PRECISE_LEAD`] early on tokio's timer and yields its way to the exact
+/// instant; denser schedules go out in 1 ms bursts (see the module docs).
+pub const PRECISE_BELOW_INTERVAL: Duration = Duration::from_millis(2);
+/// How early the timer is asked to wake a precise schedule: it fires on whole
+/// milliseconds and, measured, 1-2 ms after the instant asked for.
+pub const PRECISE_LEAD: Duration = Duration::from_millis(2);
 
 /// Most workers (connections, requests in flight) a load starts unless told.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
@@ -267,6 +283,7 @@ impl<E: Exchange> Load<E> {
         let timeout = shared.load.timeout;
         let mut sleep = pin!(tokio::time::sleep_until(clock.epoch + start));
         let mut last_settle = start;
+        let precise = interval_ns >= PRECISE_BELOW_INTERVAL.as_nanos() as f64;
 
         for i in 0u64.. {
             if limits.requests.is_some_and(|n| i >= n) {
@@ -279,11 +296,28 @@ impl<E: Exchange> Load<E> {
             }
             let due_at = clock.epoch + due;
             if Instant::now() < due_at {
-                sleep.as_mut().reset(due_at);
-                tokio::select! {
-                    biased;
-                    _ = limits.cancel.cancelled() => break,
-                    _ = sleep.as_mut() => {}
+                let wake = if precise {
+                    due_at.checked_sub(PRECISE_LEAD).unwrap_or(due_at)
+                } else {
+                    due_at
+                };
+                if Instant::now() < wake {
+                    sleep.as_mut().reset(wake);
+                    tokio::select! {
+                        biased;
+                        _ = limits.cancel.cancelled() => break,
+                        _ = sleep.as_mut() => {}
+                    }
+                }
+                // The rest of the way by yielding: other tasks run meanwhile.
+                while precise && Instant::now() < due_at {
+                    if limits.cancel.is_cancelled() {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                if limits.cancel.is_cancelled() {
+                    break;
                 }
             } else if limits.cancel.is_cancelled() {
                 break;

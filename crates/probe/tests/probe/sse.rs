@@ -12,8 +12,8 @@
 //! - `sse=0`: answer `application/json` whatever was asked;
 //! - `stream=0`: a non-streamed completion after `first_ms`.
 //!
-//! The server measures its own delay from a request's arrival to the write of its
-//! first token ([`SseState::first_delays_us`]), so a benchmark can take the
+//! The server measures its own delay from a request's arrival to the moment its
+//! first token is handed to hyper to write ([`SseState::first_delays_us`]), so a benchmark can take the
 //! server's timer out of the probe's error.
 
 use std::convert::Infallible;
@@ -160,15 +160,21 @@ async fn handle(st: Arc<SseState>, req: Request<Incoming>) -> Result<Response<Bo
         return Ok(resp);
     }
     let (tx, rx) = mpsc::channel::<Bytes>(16);
-    tokio::spawn(stream(st, s, arrived, tx));
-    let body = ChannelBody(rx).boxed();
+    tokio::spawn(stream(s, arrived, tx));
+    let body = ChannelBody {
+        rx,
+        arrived,
+        frames: 0,
+        state: st,
+    }
+    .boxed();
     let mut resp = Response::new(body);
     resp.headers_mut()
         .insert("content-type", "text/event-stream".parse().expect("header"));
     Ok(resp)
 }
 
-async fn stream(st: Arc<SseState>, s: Shape, arrived: Instant, tx: mpsc::Sender<Bytes>) {
+async fn stream(s: Shape, arrived: Instant, tx: mpsc::Sender<Bytes>) {
     let chunk = |content: &str| {
         Bytes::from(format!(
             "data: {{\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{content}\"}},\"finish_reason\":null}}]}}\n\n"
@@ -193,10 +199,6 @@ async fn stream(st: Arc<SseState>, s: Shape, arrived: Instant, tx: mpsc::Sender<
         if tx.send(chunk(&format!(" w{i}"))).await.is_err() {
             return;
         }
-        if i == 0 {
-            let us = u64::try_from(arrived.elapsed().as_micros()).unwrap_or(u64::MAX);
-            st.first_delays_us.lock().expect("lock").push(us);
-        }
     }
     if s.finish {
         let end = "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n";
@@ -214,8 +216,15 @@ async fn stream(st: Arc<SseState>, s: Shape, arrived: Instant, tx: mpsc::Sender<
     }
 }
 
-/// The receiving half of a channel as a body of data frames.
-struct ChannelBody(mpsc::Receiver<Bytes>);
+/// The receiving half of a channel as a body of data frames. The moment it hands
+/// its second frame (the first token, after the role chunk) to hyper to write is
+/// the server's first-token delay.
+struct ChannelBody {
+    rx: mpsc::Receiver<Bytes>,
+    arrived: Instant,
+    frames: u64,
+    state: Arc<SseState>,
+}
 
 impl hyper::body::Body for ChannelBody {
     type Data = Bytes;
@@ -224,6 +233,14 @@ impl hyper::body::Body for ChannelBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+        let polled = self.rx.poll_recv(cx);
+        if let std::task::Poll::Ready(Some(_)) = &polled {
+            self.frames += 1;
+            if self.frames == 2 {
+                let us = u64::try_from(self.arrived.elapsed().as_micros()).unwrap_or(u64::MAX);
+                self.state.first_delays_us.lock().expect("lock").push(us);
+            }
+        }
+        polled.map(|o| o.map(|b| Ok(Frame::data(b))))
     }
 }
