@@ -54,33 +54,53 @@ impl Drop for SseServer {
 impl SseServer {
     /// Binds and accepts on the current runtime; it is ready when this returns.
     pub async fn start() -> SseServer {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind loopback");
-        let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(SseState::default());
-        let st = Arc::clone(&state);
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let _ = stream.set_nodelay(true);
-                let st = Arc::clone(&st);
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle(Arc::clone(&st), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
+        let (addr, task) = serve(Arc::clone(&state), |_| {}, handle).await;
         SseServer { addr, state, task }
     }
 
     pub fn url(&self, query: &str) -> String {
         format!("http://{}/v1/chat/completions?{query}", self.addr)
     }
+}
+
+/// Binds 127.0.0.1:0 and serves every connection (HTTP/1.1 keep-alive, no Nagle)
+/// with `handle(state, request)` on the current runtime until the task is
+/// aborted; `accepted` is told of each connection. Ready when it returns.
+pub async fn serve<St, H, Fut, B>(
+    state: Arc<St>,
+    accepted: fn(&St),
+    handle: H,
+) -> (SocketAddr, tokio::task::JoinHandle<()>)
+where
+    St: Send + Sync + 'static,
+    H: Fn(Arc<St>, Request<Incoming>) -> Fut + Copy + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            accepted(&state);
+            let _ = stream.set_nodelay(true);
+            let st = Arc::clone(&state);
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| handle(Arc::clone(&st), req));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
 }
 
 #[derive(Debug, Clone, Copy)]
