@@ -124,6 +124,7 @@ fn retarget(exp: &mut faultline_spec::Experiment, demo: &Demo) {
     for probe in exp.probes.values_mut() {
         match probe {
             Probe::Http(h) => addr(&mut h.url),
+            Probe::Llm(l) => addr(&mut l.url),
             Probe::Tcp(t) => addr(&mut t.address),
             _ => {}
         }

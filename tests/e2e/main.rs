@@ -5,6 +5,7 @@ mod agent;
 mod cli;
 mod demo;
 mod guardian;
+mod llm;
 mod run;
 mod serve;
 mod tidy;

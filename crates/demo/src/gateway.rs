@@ -17,7 +17,7 @@ use http_body_util::{BodyExt, Full, LengthLimitError};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::Counters;
 use crate::service::{error, healthz};
@@ -77,11 +77,7 @@ async fn forward(State(gateway): State<Arc<Gateway>>, request: Request) -> Respo
     let counters = &gateway.counters;
     Counters::bump(&counters.requests);
     let response = match Arc::clone(&gateway.limit).try_acquire_owned() {
-        Ok(permit) => {
-            let response = exchange(&gateway, request).await;
-            drop(permit);
-            response
-        }
+        Ok(permit) => exchange(&gateway, request, permit).await,
         Err(_) => {
             let mut response = error(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -104,8 +100,9 @@ async fn forward(State(gateway): State<Arc<Gateway>>, request: Request) -> Respo
     response
 }
 
-/// One request to the service and its whole answer, within the upstream timeout.
-async fn exchange(gateway: &Gateway, request: Request) -> Response {
+/// One request to the service and its whole answer, within the upstream timeout;
+/// an event stream is passed on as it comes, holding `permit` until it ends.
+async fn exchange(gateway: &Gateway, request: Request, permit: OwnedSemaphorePermit) -> Response {
     let (parts, body) = request.into_parts();
     let body = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
         Ok(body) => body.to_bytes(),
@@ -137,12 +134,25 @@ async fn exchange(gateway: &Gateway, request: Request) -> Response {
     let answer = async {
         let response = gateway.client.request(upstream).await?;
         let (parts, body) = response.into_parts();
+        if is_event_stream(&parts.headers) {
+            return Ok((parts, Answer::Stream(body)));
+        }
         let body = body.collect().await?.to_bytes();
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((parts, body))
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((parts, Answer::Whole(body)))
     };
     match tokio::time::timeout(gateway.timeout, answer).await {
         Ok(Ok((parts, body))) => {
-            let mut response = Response::new(Body::from(body));
+            let body = match body {
+                Answer::Whole(bytes) => {
+                    drop(permit);
+                    Body::from(bytes)
+                }
+                Answer::Stream(incoming) => Body::new(Held {
+                    body: incoming,
+                    _permit: permit,
+                }),
+            };
+            let mut response = Response::new(body);
             *response.status_mut() = parts.status;
             *response.headers_mut() = end_to_end(parts.headers);
             response
@@ -152,6 +162,39 @@ async fn exchange(gateway: &Gateway, request: Request) -> Response {
             error(StatusCode::BAD_GATEWAY, "upstream connection failed")
         }
         Err(_) => error(StatusCode::GATEWAY_TIMEOUT, "upstream timed out"),
+    }
+}
+
+/// An upstream answer: read whole, or a stream to pass on as it comes.
+enum Answer {
+    Whole(Bytes),
+    Stream(hyper::body::Incoming),
+}
+
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/event-stream"))
+}
+
+/// A streamed upstream body that keeps its place under the concurrency limit
+/// until it ends or the client goes away.
+struct Held {
+    body: hyper::body::Incoming,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl hyper::body::Body for Held {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
     }
 }
 

@@ -24,6 +24,12 @@
 //! `Retry-After: 1`. A full job queue is a `503` too. `GET /healthz` answers
 //! `{"status":"ok"}`.
 //!
+//! The service also speaks the OpenAI completion API: `POST /v1/chat/completions`
+//! and `POST /v1/completions`, streamed as server-sent events with `"stream": true`
+//! (the first token after the simulated inference latency, then one token per
+//! [`DemoConfig::token_interval`], `usage` in the last chunk, `data: [DONE]`) or
+//! answered whole. They do not touch the database.
+//!
 //! **The gateway** forwards every `/v1/*` request to the service over a keep-alive
 //! hyper client pool. At most [`DemoConfig::concurrency`] requests are in flight;
 //! one more is answered `429` with `Retry-After: 1` at once, as a real gateway's
@@ -34,6 +40,9 @@
 //! biting, the pool closes connections idle for a second, and one forwarded request
 //! in [`DemoConfig::recycle_every`] asks the service to close its connection after
 //! answering (`Connection: close`, like a max-requests-per-connection setting).
+//! An event stream (`text/event-stream`) is passed on as it comes, chunk by chunk,
+//! holding its place under the concurrency limit until it ends; the upstream
+//! timeout then bounds the wait for its head, not the whole stream.
 //! `GET /healthz` answers `{"status":"ok"}` without asking the service.
 //!
 //! **Fragile mode** ([`DemoConfig::fragile`]) is what `faultline demo --break` runs
@@ -64,6 +73,7 @@
 
 #![forbid(unsafe_code)]
 
+mod chat;
 mod db;
 mod gateway;
 mod inference;
@@ -105,6 +115,9 @@ pub struct DemoConfig {
     /// Median simulated inference latency (0: none). The distribution is lognormal
     /// around it (p99 about 2.5x) with a 1 % tail of 3-8x, capped at 10x.
     pub base_latency: Duration,
+    /// Between two tokens of a streamed OpenAI-style completion (the first comes
+    /// after the simulated inference latency).
+    pub token_interval: Duration,
     /// How long a database write waits for a lock someone else holds before the
     /// request fails with 503. Zero: it does not wait at all.
     pub busy_timeout: Duration,
@@ -123,6 +136,7 @@ impl Default for DemoConfig {
             db_path: PathBuf::from(DEFAULT_DB_PATH),
             concurrency: 32,
             base_latency: Duration::from_millis(8),
+            token_interval: Duration::from_millis(20),
             busy_timeout: Duration::from_secs(3),
             upstream_timeout: Duration::from_secs(5),
             recycle_every: 20,
@@ -262,7 +276,12 @@ impl Demo {
         let counters = Arc::new(Counters::default());
         let service = Server::start(
             service_listener,
-            service::router(db, config.base_latency, Arc::clone(&counters)),
+            service::router(
+                db,
+                config.base_latency,
+                config.token_interval,
+                Arc::clone(&counters),
+            ),
             Some(Arc::clone(&counters)),
         );
         let limit = Arc::new(tokio::sync::Semaphore::new(config.concurrency));

@@ -1,4 +1,5 @@
-//! The completion service: `POST /v1/complete` and `GET /healthz`.
+//! The completion service: `POST /v1/complete`, the OpenAI-style endpoints of
+//! `chat.rs` and `GET /healthz`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,15 +35,27 @@ struct CompleteResponse {
     tokens: u32,
 }
 
-pub(crate) fn router(db: Db, base_latency: Duration, counters: Arc<Counters>) -> Router {
-    Router::new()
+pub(crate) fn router(
+    db: Db,
+    base_latency: Duration,
+    token_interval: Duration,
+    counters: Arc<Counters>,
+) -> Router {
+    let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/v1/complete", post(complete))
         .with_state(Arc::new(Service {
             db,
             base_latency,
             counters,
-        }))
+        }));
+    crate::chat::routes(
+        router,
+        crate::chat::Chat {
+            base_latency,
+            token_interval,
+        },
+    )
 }
 
 pub(crate) async fn healthz() -> Json<serde_json::Value> {

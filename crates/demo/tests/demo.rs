@@ -474,3 +474,90 @@ async fn a_taken_port_or_a_zero_limit_is_refused() {
     .expect_err("no concurrency");
     assert!(matches!(err, DemoError::Config(_)), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_completions_stream_through_the_gateway_at_a_steady_pace() {
+    let f = start(DemoConfig {
+        token_interval: Duration::from_millis(30),
+        base_latency: Duration::from_millis(5),
+        ..DemoConfig::default()
+    })
+    .await;
+    let client = client();
+    let body = serde_json::json!({
+        "model": "demo", "max_tokens": 6, "stream": true,
+        "messages": [{ "role": "user", "content": "say something" }],
+    });
+    let request = Request::post(format!(
+        "http://{}/v1/chat/completions",
+        f.demo.gateway_addr()
+    ))
+    .body(Full::new(Bytes::from(body.to_string())))
+    .expect("request");
+    let response = tokio::time::timeout(PATIENCE, client.request(request))
+        .await
+        .expect("an answer in time")
+        .expect("an HTTP answer");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        "text/event-stream"
+    );
+    // Frames arrive as the service writes them: the gateway does not buffer.
+    let mut body = response.into_body();
+    let mut text = String::new();
+    let mut token_times = Vec::new();
+    while let Some(frame) = tokio::time::timeout(PATIENCE, body.frame())
+        .await
+        .expect("a frame in time")
+    {
+        let frame = frame.expect("frame");
+        if let Some(d) = frame.data_ref() {
+            let s = String::from_utf8_lossy(d);
+            if s.contains("\"content\":\"") && !s.contains("\"content\":\"\"") {
+                token_times.push(Instant::now());
+            }
+            text.push_str(&s);
+        }
+    }
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"), "{text}");
+    let last: serde_json::Value =
+        serde_json::from_str(events[events.len() - 2]).expect("last chunk is JSON");
+    let n = token_times.len() as u64;
+    assert!((1..=6).contains(&n), "{text}");
+    assert_eq!(last["usage"]["completion_tokens"], n, "{text}");
+    assert!(last["choices"][0]["finish_reason"].is_string(), "{text}");
+    for pair in token_times.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= Duration::from_millis(20) && gap <= Duration::from_millis(200),
+            "gap {gap:?}"
+        );
+    }
+    // The stream held its place under the gateway limit until it ended.
+    until("the stream's place released", || {
+        f.demo.stats().in_flight == 0
+    })
+    .await;
+
+    // Not streamed: one JSON completion with usage.
+    let body = serde_json::json!({ "model": "demo", "prompt": "hi", "max_tokens": 3 });
+    let a = call(
+        &client,
+        Method::POST,
+        format!("http://{}/v1/completions", f.demo.gateway_addr()),
+        &body.to_string(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.json);
+    assert!(a.json["choices"][0]["text"].is_string(), "{:?}", a.json);
+    assert!(
+        a.json["usage"]["completion_tokens"]
+            .as_u64()
+            .is_some_and(|n| (1..=3).contains(&n))
+    );
+}

@@ -24,6 +24,14 @@ pub enum ProbeError {
     Sql(String),
     #[error("command probe: `run` is empty; give the program and its arguments")]
     EmptyCommand,
+    #[error("llm probe: cannot read prompts_file `{path}`: {why}")]
+    Prompts { path: String, why: String },
+    #[error("llm probe: no prompts to send (the list or the file is empty)")]
+    NoPrompts,
+    #[error(
+        "llm probe URL `{0}` names neither `/chat/completions` nor `/completions`; set `api: chat` or `api: completions`"
+    )]
+    LlmApi(String),
     #[error("probe `{kind}` needs a rate above zero")]
     Rate { kind: &'static str },
 }

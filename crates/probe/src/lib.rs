@@ -2,12 +2,13 @@
 //!
 //! A probe ([`runner::start`]) turns a `faultline_spec::probe::Probe` into attempts on
 //! an open-loop schedule (HTTP load at a fixed rate, TCP connects, timed SQL queries,
-//! Prometheus instant queries, commands) and records each attempt as a sample, timed
+//! Prometheus instant queries, commands, streamed LLM completions) and records each attempt as a sample, timed
 //! from its *scheduled* instant so that a stalled target inflates latency instead of
 //! hiding it (the coordinated-omission correction). Samples land in per-second
 //! buckets of counts and HDR histograms ([`window`]), and [`slo`] decides whether a
-//! `Hypothesis` holds over a window: availability, p50..p999, error-budget burn rate,
-//! values, `for`, and time to recover.
+//! `Hypothesis` holds over a window: availability, p50..p999, time to first token,
+//! inter-token latency, tokens per second, error-budget burn rate, values, `for`,
+//! and time to recover.
 //!
 //! Its limits: it knows nothing of faults, agents or experiments' timelines; it
 //! measures what it is pointed at and says whether thresholds hold. It never decides
@@ -21,6 +22,8 @@
 pub mod command;
 pub mod error;
 pub mod http;
+pub mod llm;
+mod load;
 pub mod prometheus;
 pub mod runner;
 pub mod slo;

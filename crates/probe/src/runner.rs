@@ -1,7 +1,8 @@
 //! Starting and stopping probes: [`start`] turns a probe spec into a running task
 //! that records samples into a [`Recorder`] the controller reads while it runs.
 //!
-//! HTTP probes run the open-loop load generator ([`crate::http`]). The others share
+//! HTTP and llm probes run the open-loop load generator ([`crate::http`],
+//! [`crate::llm`], both on [`crate::load`]). The others share
 //! one open-loop ticker: attempt `i` is due at `start + i * interval` (interval =
 //! 1 / rate, or the probe's `interval`), runs on its own task with the probe's
 //! timeout counted from its due instant, and at most `ceil(timeout / interval) + 1`
@@ -88,6 +89,10 @@ pub fn start_with(spec: &Probe, clock: Clock, limits: Limits) -> Result<ProbeHan
     let task = match spec {
         Probe::Http(h) => {
             let load = HttpLoad::new(h)?;
+            rt.spawn(load.run(clock, rec, limits))
+        }
+        Probe::Llm(l) => {
+            let load = crate::llm::LlmLoad::new(l)?;
             rt.spawn(load.run(clock, rec, limits))
         }
         Probe::Tcp(t) => {

@@ -4,6 +4,14 @@
 //!   ("no samples"), since an SLA cannot be shown to hold on nothing.
 //! - p50/p90/p99/p999: from the window's merged HDR histogram (see
 //!   [`crate::window`] for which samples it holds).
+//! - ttft_p50/ttft_p99, itl_p99: from the window's merged HDR histograms of time to
+//!   first token and of inter-token gaps (see [`crate::window`] for what enters
+//!   them). A window without any: not holding ("no streamed tokens").
+//! - tokens_per_s: the per-stream output rate of the window's completed streams,
+//!   judged at a percentile so that a few slow streams cannot hide behind an
+//!   average: for `>`/`>=` the 1st percentile (the slowest 1% of streams must
+//!   still meet the bound), read at the bottom of its HDR bucket; for `<`/`<=` the
+//!   99th, read at the top. Either way a bound is never passed by rounding.
 //! - burn rate: `(1 - availability) / (1 - slo)`: 1 spends the error budget exactly
 //!   by the end of the SLO period. Rounded to 6 decimals so that a window exactly at
 //!   a bound (990 of 1000 against 99.9% is 10) is not pushed over it by
@@ -36,6 +44,10 @@ pub enum Metric {
     P90,
     P99,
     P999,
+    TtftP50,
+    TtftP99,
+    ItlP99,
+    TokensPerS,
     BurnRate,
     Value,
 }
@@ -48,6 +60,10 @@ impl Metric {
             Metric::P90 => "p90",
             Metric::P99 => "p99",
             Metric::P999 => "p999",
+            Metric::TtftP50 => "ttft_p50",
+            Metric::TtftP99 => "ttft_p99",
+            Metric::ItlP99 => "itl_p99",
+            Metric::TokensPerS => "tokens_per_s",
             Metric::BurnRate => "burn_rate",
             Metric::Value => "value",
         }
@@ -60,6 +76,19 @@ pub enum Observed {
     Percent(f64),
     Latency(Duration),
     Number(f64),
+    /// Output tokens per second.
+    TokensPerSecond(f64),
+}
+
+impl Observed {
+    /// The figure as a plain number: percent, milliseconds, or the number.
+    pub fn value(self) -> f64 {
+        match self {
+            Observed::Percent(p) => p,
+            Observed::Latency(d) => d.as_secs_f64() * 1e3,
+            Observed::Number(n) | Observed::TokensPerSecond(n) => n,
+        }
+    }
 }
 
 impl fmt::Display for Observed {
@@ -73,6 +102,10 @@ impl fmt::Display for Observed {
             }
             Observed::Latency(d) => write!(f, "{}", units::Duration(*d)),
             Observed::Number(n) => write!(f, "{n}"),
+            Observed::TokensPerSecond(n) => {
+                let s = format!("{n:.2}");
+                write!(f, "{}/s", s.trim_end_matches('0').trim_end_matches('.'))
+            }
         }
     }
 }
@@ -134,6 +167,40 @@ pub fn evaluate(h: &Hypothesis, stats: &WindowStats) -> Verdict {
             push(metric, t.to_string(), d.map(Observed::Latency), holds);
         }
     }
+    let stream = stats.stream.as_deref();
+    for (metric, q, t) in [
+        (Metric::TtftP50, 0.5, &h.ttft_p50),
+        (Metric::TtftP99, 0.99, &h.ttft_p99),
+    ] {
+        if let Some(t) = t {
+            let d = stream.and_then(|s| s.ttft_quantile(q));
+            let holds = d.is_some_and(|d| t.holds(units::Duration(d)));
+            push(metric, t.to_string(), d.map(Observed::Latency), holds);
+        }
+    }
+    if let Some(t) = &h.itl_p99 {
+        let d = stream.and_then(|s| s.itl_quantile(0.99));
+        let holds = d.is_some_and(|d| t.holds(units::Duration(d)));
+        push(
+            Metric::ItlP99,
+            t.to_string(),
+            d.map(Observed::Latency),
+            holds,
+        );
+    }
+    if let Some(t) = &h.tokens_per_s {
+        let r = stream.and_then(|s| match t.cmp {
+            Cmp::Ge | Cmp::Gt => s.tokens_per_s_quantile(0.01, false),
+            Cmp::Le | Cmp::Lt => s.tokens_per_s_quantile(0.99, true),
+        });
+        let holds = r.is_some_and(|r| t.holds(Number(r)));
+        push(
+            Metric::TokensPerS,
+            t.to_string(),
+            r.map(Observed::TokensPerSecond),
+            holds,
+        );
+    }
     if let Some(t) = &h.burn_rate {
         let burn = h.slo.and_then(|slo| burn_rate(stats, slo));
         let holds = burn.is_some_and(|b| t.holds(Number(b)));
@@ -183,6 +250,12 @@ fn failed_check_reason(c: &Check, h: &Hypothesis) -> String {
         (None, Metric::Value) => format!("{m}: no value measured (needs {})", c.bound),
         (None, Metric::P50 | Metric::P90 | Metric::P99 | Metric::P999) => {
             format!("{m}: no latency samples (needs {})", c.bound)
+        }
+        (None, Metric::TtftP50 | Metric::TtftP99 | Metric::ItlP99) => {
+            format!("{m}: no streamed tokens (needs {})", c.bound)
+        }
+        (None, Metric::TokensPerS) => {
+            format!("{m}: no completed streams with a rate (needs {})", c.bound)
         }
         (None, _) => format!("{m}: no samples (needs {})", c.bound),
     }
@@ -417,6 +490,64 @@ mod tests {
         assert_eq!(
             v.reason.as_deref(),
             Some("value: no value measured (needs >= 3)")
+        );
+    }
+
+    #[test]
+    fn stream_terms_from_the_stream_histograms() {
+        use crate::window::StreamFigures;
+        let mut w = WindowStats::new();
+        for i in 0..100u64 {
+            // TTFT 100..=199 ms; 10 tokens/s for one stream in a hundred, 50 for the rest.
+            let figures = StreamFigures {
+                ttft: Some(ms(100 + i)),
+                tokens: Some(16),
+                tokens_per_s: Some(if i == 0 { 10.0 } else { 50.0 }),
+            };
+            w.record(&Sample::success(ms(0), ms(400)).with_stream(figures));
+            w.record_gaps(&[ms(20), ms(20), if i == 99 { ms(2000) } else { ms(25) }]);
+        }
+        let h = hyp(
+            "{ probe: llm, ttft_p50: '<= 150ms', ttft_p99: '<= 200ms', itl_p99: '<= 500ms', \
+               tokens_per_s: '>= 20' }",
+        );
+        let v = evaluate(&h, &w);
+        let metrics: Vec<_> = v
+            .checks
+            .iter()
+            .map(|c| (c.metric.as_str(), c.holds))
+            .collect();
+        assert_eq!(
+            metrics,
+            vec![
+                ("ttft_p50", true),
+                ("ttft_p99", true),
+                ("itl_p99", true),
+                ("tokens_per_s", false)
+            ],
+            "{v:?}"
+        );
+        // The slowest stream in a hundred is the 1st percentile: 10 tokens/s.
+        assert_eq!(v.checks[3].observed, Some(Observed::TokensPerSecond(10.0)));
+        assert_eq!(v.reason.as_deref(), Some("tokens_per_s 10/s (needs >= 20)"));
+        // One 2 s gap in 300 is above the 99th percentile; two in a hundred gaps are not.
+        let mut w2 = WindowStats::new();
+        w2.record(&Sample::success(ms(0), ms(1)).with_stream(StreamFigures::default()));
+        w2.record_gaps(&[ms(20); 98]);
+        w2.record_gaps(&[ms(2000), ms(2000)]);
+        let v = evaluate(&hyp("{ probe: llm, itl_p99: '<= 500ms' }"), &w2);
+        assert!(!v.holds);
+        assert!(
+            v.reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("itl_p99 2s")),
+            "{v:?}"
+        );
+        // Nothing streamed: the terms cannot hold.
+        let v = evaluate(&hyp("{ probe: llm, ttft_p99: '<= 1s' }"), &stats(3, 0));
+        assert_eq!(
+            v.reason.as_deref(),
+            Some("ttft_p99: no streamed tokens (needs <= 1s)")
         );
     }
 

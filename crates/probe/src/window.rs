@@ -18,6 +18,16 @@
 //! failures (a 503 in 1 ms, a refused connect) are counted but kept out of the
 //! latency figures, so that errors never flatter the percentiles. Requests refused
 //! because the client was saturated were never sent and have no latency.
+//!
+//! Streamed completions (the llm probe) add [`StreamStats`] to a bucket: HDR
+//! histograms of time to first token (from the scheduled instant, like latency),
+//! of every gap between two consecutive tokens, and of each completed stream's
+//! output tokens per second. A time to first token enters whatever became of the
+//! stream after it (a stream cut short still had its first token when it had
+//! one); a stream that timed out before its first token enters at its timeout, and
+//! one that timed out mid-stream adds the gap from its last token to the timeout,
+//! so that a stall is never hidden by the timeout that ended it. Tokens per second
+//! enter for successes only.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -45,16 +55,23 @@ pub enum FailureKind {
     Protocol,
     /// Anything else (a query error, a command that could not start).
     Other,
+    /// A streamed answer that ended before it was complete (no `data: [DONE]`, or
+    /// `[DONE]` without a `finish_reason`), or that carried an error event.
+    StreamCut,
+    /// `stream: true` was asked for and the answer was not `text/event-stream`.
+    NotEventStream,
 }
 
 impl FailureKind {
-    pub const ALL: [FailureKind; 6] = [
+    pub const ALL: [FailureKind; 8] = [
         FailureKind::Rejected,
         FailureKind::Timeout,
         FailureKind::Saturated,
         FailureKind::Connect,
         FailureKind::Protocol,
         FailureKind::Other,
+        FailureKind::StreamCut,
+        FailureKind::NotEventStream,
     ];
 
     fn index(self) -> usize {
@@ -69,6 +86,8 @@ impl FailureKind {
             FailureKind::Connect => "connect",
             FailureKind::Protocol => "protocol",
             FailureKind::Other => "other",
+            FailureKind::StreamCut => "stream cut short",
+            FailureKind::NotEventStream => "not an event stream",
         }
     }
 }
@@ -101,6 +120,21 @@ pub struct Sample {
     /// Diagnostic only (it shows how late the client itself was); SLOs use
     /// `latency`.
     pub service: Option<Duration>,
+    /// The figures of a completion (llm probe); its inter-token gaps are recorded
+    /// with it ([`Recorder::record_stream`]).
+    pub stream: Option<StreamFigures>,
+}
+
+/// What one completion measured beyond its latency.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct StreamFigures {
+    /// From the scheduled instant to the first token (streamed answers only).
+    pub ttft: Option<Duration>,
+    /// Output tokens: the answer's `usage.completion_tokens` when it has one, else
+    /// the token events counted.
+    pub tokens: Option<u64>,
+    /// Output tokens per second of a completed answer (see [`crate::llm`]).
+    pub tokens_per_s: Option<f64>,
 }
 
 impl Sample {
@@ -111,6 +145,7 @@ impl Sample {
             latency: Some(latency),
             value: None,
             service: None,
+            stream: None,
         }
     }
 
@@ -121,7 +156,13 @@ impl Sample {
             latency,
             value: None,
             service: None,
+            stream: None,
         }
+    }
+
+    pub fn with_stream(mut self, figures: StreamFigures) -> Self {
+        self.stream = Some(figures);
+        self
     }
 
     pub fn with_service(mut self, service: Duration) -> Self {
@@ -181,6 +222,98 @@ pub struct WindowStats {
     /// [`Sample::service`]), under the same rule as `latency`.
     pub service: Histogram<u64>,
     pub values: Option<ValueRange>,
+    /// Figures of streamed completions; `None` until one is recorded, so the
+    /// other probes' buckets carry no histograms they never fill.
+    pub stream: Option<Box<StreamStats>>,
+}
+
+/// Per-bucket figures of completions (see the module docs for what enters them).
+#[derive(Clone)]
+pub struct StreamStats {
+    /// Times to first token, in microseconds.
+    pub ttft: Histogram<u64>,
+    /// Gaps between consecutive tokens, in microseconds.
+    pub itl: Histogram<u64>,
+    /// Output tokens per second of each completed answer, in thousandths.
+    pub tokens_per_s: Histogram<u64>,
+    /// Output tokens of every answer that reported or streamed any.
+    pub tokens: u64,
+}
+
+impl fmt::Debug for StreamStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamStats")
+            .field("ttft_count", &self.ttft.len())
+            .field("itl_count", &self.itl.len())
+            .field("tokens_per_s_count", &self.tokens_per_s.len())
+            .field("tokens", &self.tokens)
+            .finish()
+    }
+}
+
+impl StreamStats {
+    fn new() -> Self {
+        StreamStats {
+            ttft: new_histogram(),
+            itl: new_histogram(),
+            tokens_per_s: new_histogram(),
+            tokens: 0,
+        }
+    }
+
+    fn merge(&mut self, o: &StreamStats) {
+        if self.ttft.add(&o.ttft).is_err()
+            || self.itl.add(&o.itl).is_err()
+            || self.tokens_per_s.add(&o.tokens_per_s).is_err()
+        {
+            tracing::warn!("stream histogram overflowed while merging windows");
+        }
+        self.tokens += o.tokens;
+    }
+
+    /// The time to first token at quantile `q` (read like [`WindowStats::quantile`]).
+    pub fn ttft_quantile(&self, q: f64) -> Option<Duration> {
+        (!self.ttft.is_empty()).then(|| Duration::from_micros(self.ttft.value_at_quantile(q)))
+    }
+
+    /// The inter-token gap at quantile `q`.
+    pub fn itl_quantile(&self, q: f64) -> Option<Duration> {
+        (!self.itl.is_empty()).then(|| Duration::from_micros(self.itl.value_at_quantile(q)))
+    }
+
+    /// Tokens per second at quantile `q`. `upper`: the top of the value's HDR bucket
+    /// (for an upper bound: never passed by rounding), else its bottom (for a
+    /// lower bound, likewise).
+    pub fn tokens_per_s_quantile(&self, q: f64, upper: bool) -> Option<f64> {
+        if self.tokens_per_s.is_empty() {
+            return None;
+        }
+        let v = self.tokens_per_s.value_at_quantile(q);
+        let v = if upper {
+            v
+        } else {
+            self.tokens_per_s.lowest_equivalent(v)
+        };
+        Some(v as f64 / 1000.0)
+    }
+}
+
+impl WindowStats {
+    fn stream_mut(&mut self) -> &mut StreamStats {
+        self.stream
+            .get_or_insert_with(|| Box::new(StreamStats::new()))
+    }
+
+    /// Adds the inter-token gaps of one completion.
+    pub fn record_gaps(&mut self, gaps: &[Duration]) {
+        if gaps.is_empty() {
+            return;
+        }
+        let st = self.stream_mut();
+        for g in gaps {
+            record(&mut st.itl, *g);
+        }
+    }
 }
 
 impl fmt::Debug for WindowStats {
@@ -209,10 +342,29 @@ impl WindowStats {
             latency: new_histogram(),
             service: new_histogram(),
             values: None,
+            stream: None,
         }
     }
 
     pub fn record(&mut self, s: &Sample) {
+        if let Some(f) = s.stream {
+            let success = s.outcome == Outcome::Success;
+            let st = self.stream_mut();
+            if let Some(t) = f.ttft {
+                record(&mut st.ttft, t);
+            }
+            st.tokens += f.tokens.unwrap_or(0);
+            if let (true, Some(r)) = (success, f.tokens_per_s)
+                && r.is_finite()
+                && r > 0.0
+            {
+                // Thousandths, at least 1: the histogram's lowest value.
+                let milli = (r * 1000.0).round().clamp(1.0, u64::MAX as f64) as u64;
+                if st.tokens_per_s.record(milli).is_err() {
+                    st.tokens_per_s.saturating_record(milli);
+                }
+            }
+        }
         let into_histogram = match s.outcome {
             Outcome::Success => {
                 self.successes += 1;
@@ -255,6 +407,12 @@ impl WindowStats {
             (Some(a), Some(b)) => a.merge(b),
             (None, Some(b)) => self.values = Some(*b),
             _ => {}
+        }
+        if let Some(b) = &o.stream {
+            match &mut self.stream {
+                Some(a) => a.merge(b),
+                None => self.stream = Some(b.clone()),
+            }
         }
     }
 
@@ -368,6 +526,13 @@ impl Series {
         self.buckets[i].record(s);
     }
 
+    /// Records one completion and its inter-token gaps into its bucket.
+    pub fn record_stream(&mut self, s: &Sample, gaps: &[Duration]) {
+        self.record(s);
+        let i = self.index(s.scheduled);
+        self.buckets[i].record_gaps(gaps);
+    }
+
     /// The bucket that holds `at`.
     pub(crate) fn index(&self, at: Duration) -> usize {
         usize::try_from(at.as_nanos() / self.width.as_nanos()).unwrap_or(usize::MAX)
@@ -440,6 +605,11 @@ impl Recorder {
 
     pub fn record(&self, s: &Sample) {
         self.lock().record(s);
+    }
+
+    /// Records a completion and its inter-token gaps under one lock.
+    pub fn record_stream(&self, s: &Sample, gaps: &[Duration]) {
+        self.lock().record_stream(s, gaps);
     }
 
     pub fn set_settled(&self, settled: Duration) {

@@ -23,6 +23,22 @@ pub struct Hypothesis {
     pub p99: Option<Threshold<Duration>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p999: Option<Threshold<Duration>>,
+    /// llm probes with `stream: true`: median time to first token, from the
+    /// request's scheduled instant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_p50: Option<Threshold<Duration>>,
+    /// llm probes with `stream: true`: 99th percentile time to first token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_p99: Option<Threshold<Duration>>,
+    /// llm probes with `stream: true`: 99th percentile of every gap between two
+    /// consecutive tokens of every stream in the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub itl_p99: Option<Threshold<Duration>>,
+    /// llm probes: output tokens per second of each completed stream, judged at its
+    /// 1st percentile for `>`/`>=` (99% of streams at least this fast) and at its
+    /// 99th for `<`/`<=`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_s: Option<Threshold<Number>>,
     /// The SLO target that `burn_rate` is measured against, e.g. `99.9%`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slo: Option<Percent>,
@@ -43,6 +59,21 @@ pub struct Hypothesis {
 }
 
 impl Hypothesis {
+    /// Every threshold key, in the order they are documented (for messages).
+    pub const THRESHOLDS: &'static [&'static str] = &[
+        "availability",
+        "p50",
+        "p90",
+        "p99",
+        "p999",
+        "ttft_p50",
+        "ttft_p99",
+        "itl_p99",
+        "tokens_per_s",
+        "burn_rate",
+        "value",
+    ];
+
     /// Whether at least one threshold is given.
     pub fn has_criteria(&self) -> bool {
         self.availability.is_some()
@@ -50,6 +81,10 @@ impl Hypothesis {
             || self.p90.is_some()
             || self.p99.is_some()
             || self.p999.is_some()
+            || self.ttft_p50.is_some()
+            || self.ttft_p99.is_some()
+            || self.itl_p99.is_some()
+            || self.tokens_per_s.is_some()
             || self.burn_rate.is_some()
             || self.value.is_some()
     }

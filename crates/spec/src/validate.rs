@@ -662,6 +662,29 @@ impl Cx {
                 }
                 pr.timeout
             }
+            Probe::Llm(l) => {
+                self.check_http_url(&path.key("url"), &l.url);
+                if l.resolved_api().is_none() {
+                    self.error(&path.key("url"), format!("cannot tell the endpoint from `{}`; add `api: chat` (`/v1/chat/completions`) or `api: completions` (`/v1/completions`)", l.url), None);
+                }
+                if l.model.trim().is_empty() {
+                    self.error(
+                        &path.key("model"),
+                        "expected a model name, found an empty string",
+                        None,
+                    );
+                }
+                match (l.prompts.is_empty(), &l.prompts_file) {
+                    (false, Some(_)) => self.error(path, "expected one of `prompts` and `prompts_file`, found both", None),
+                    (true, None) => self.error(path, "expected `prompts` (a list) or `prompts_file` (one prompt per line), found neither", None),
+                    (true, Some(f)) if f.trim().is_empty() => self.error(&path.key("prompts_file"), "expected a file path, found an empty string", None),
+                    _ => {}
+                }
+                if l.max_tokens == 0 {
+                    self.error(&path.key("max_tokens"), "expected at least 1 token", None);
+                }
+                l.timeout
+            }
             Probe::Command(c) => {
                 if c.run.first().is_none_or(|p| p.trim().is_empty()) {
                     self.error(&path.key("run"), "expected a program and its arguments, like `[curl, -f, http://127.0.0.1/health]`", None);
@@ -706,7 +729,14 @@ impl Cx {
             );
         }
         if !h.has_criteria() {
-            self.error(path, "expected at least one threshold (`availability`, `p50`, `p90`, `p99`, `p999`, `burn_rate` or `value`), found none", None);
+            self.error(
+                path,
+                format!(
+                    "expected at least one threshold ({}), found none",
+                    backticked(Hypothesis::THRESHOLDS)
+                ),
+                None,
+            );
         }
         if h.sustained.is_some() && !sustained_allowed {
             self.error_at_key(&path.key("for"), "`for` belongs in `during` and `safety.abort_when`; a hypothesis must hold over its whole window", None);
@@ -744,6 +774,43 @@ impl Cx {
                 ("p99", h.p99.is_some()),
                 ("p999", h.p999.is_some()),
             ];
+            let stream_terms = [
+                ("ttft_p50", h.ttft_p50.is_some()),
+                ("ttft_p99", h.ttft_p99.is_some()),
+                ("itl_p99", h.itl_p99.is_some()),
+            ];
+            for (key, set) in stream_terms {
+                if !set || probe.streams_tokens() {
+                    continue;
+                }
+                let why = match probe {
+                    Probe::Llm(_) => format!(
+                        "`{}` has `stream: false`: a whole answer at once has no first token or gaps to time; set `stream: true`",
+                        h.probe
+                    ),
+                    other => format!(
+                        "`{}` is a {} probe; use an `llm` probe with `stream: true`",
+                        h.probe,
+                        other.kind()
+                    ),
+                };
+                self.error_at_key(
+                    &path.key(key),
+                    format!("`{key}` needs a streaming llm probe: {why}"),
+                    None,
+                );
+            }
+            if h.tokens_per_s.is_some() && !matches!(probe, Probe::Llm(_)) {
+                self.error_at_key(
+                    &path.key("tokens_per_s"),
+                    format!(
+                        "`tokens_per_s` needs an llm probe; `{}` is a {} probe",
+                        h.probe,
+                        probe.kind()
+                    ),
+                    None,
+                );
+            }
             if matches!(probe, Probe::Prometheus(_)) {
                 for (key, set) in latency {
                     if set {

@@ -58,6 +58,64 @@ impl Child {
         (child, std::net::SocketAddr::from(([127, 0, 0, 1], port)))
     }
 
+    /// A real OpenAI-style streaming completion server in its own process (Python,
+    /// a thread per request): every `POST` is answered `text/event-stream` with
+    /// `tokens` chat chunks, one per `pace`, then `finish_reason`, `usage` and
+    /// `data: [DONE]` (the body ends with the connection, HTTP/1.0). To be probed
+    /// by an llm probe and paused; returns once it accepts connections.
+    pub fn sse_server(tokens: u32, pace: std::time::Duration) -> (Self, std::net::SocketAddr) {
+        use std::io::BufRead as _;
+        const SCRIPT: &str = r#"
+import sys, time
+from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
+TOKENS, PACE = int(sys.argv[1]), float(sys.argv[2])
+TOKEN = b'data: {"choices":[{"index":0,"delta":{"content":" w"},"finish_reason":null}]}\n\n'
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"
+    def log_message(self, *a): pass
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.end_headers()
+        for i in range(TOKENS):
+            if i:
+                time.sleep(PACE)
+            self.wfile.write(TOKEN)
+            self.wfile.flush()
+        self.wfile.write(b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":{"completion_tokens":%d}}\n\ndata: [DONE]\n\n' % TOKENS)
+        self.wfile.flush()
+ThreadingHTTPServer.daemon_threads = True
+s = ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+        let mut inner = Command::new("python3")
+            .args([
+                "-u",
+                "-c",
+                SCRIPT,
+                &tokens.to_string(),
+                &pace.as_secs_f64().to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn python3 (installed by scripts/setup.sh)");
+        let stdout = inner.stdout.take().expect("piped stdout");
+        let child = Self { inner };
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the server's port");
+        let port: u16 = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("no port from the sse server: {line:?}"));
+        (child, std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
     pub fn pid(&self) -> u32 {
         self.inner.id()
     }

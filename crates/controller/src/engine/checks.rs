@@ -23,10 +23,16 @@ pub fn describe(h: &Hypothesis) -> String {
         ("p90", &h.p90),
         ("p99", &h.p99),
         ("p999", &h.p999),
+        ("ttft_p50", &h.ttft_p50),
+        ("ttft_p99", &h.ttft_p99),
+        ("itl_p99", &h.itl_p99),
     ] {
         if let Some(t) = t {
             parts.push(format!("{name} {t}"));
         }
+    }
+    if let Some(t) = &h.tokens_per_s {
+        parts.push(format!("tokens_per_s {t}"));
     }
     if let Some(t) = &h.burn_rate {
         match &h.slo {
@@ -74,11 +80,7 @@ pub(super) fn record(
                 metric: c.metric.as_str().to_owned(),
                 bound: c.bound.clone(),
                 observed: c.observed.map(|o| o.to_string()),
-                value: c.observed.map(|o| match o {
-                    Observed::Percent(p) => p,
-                    Observed::Latency(d) => d.as_secs_f64() * 1e3,
-                    Observed::Number(n) => n,
-                }),
+                value: c.observed.map(Observed::value),
                 holds: c.holds,
             })
             .collect(),
@@ -98,6 +100,8 @@ pub(super) fn point_of(s: &Series, i: usize) -> ProbePoint {
             availability: None,
             p50_ms: None,
             p99_ms: None,
+            ttft_p99_ms: None,
+            itl_p99_ms: None,
             failures: BTreeMap::new(),
             value: None,
         };
@@ -110,6 +114,16 @@ pub(super) fn point_of(s: &Series, i: usize) -> ProbePoint {
         availability: slo::availability_percent(b),
         p50_ms: b.quantile(0.5).map(ms),
         p99_ms: b.quantile(0.99).map(ms),
+        ttft_p99_ms: b
+            .stream
+            .as_deref()
+            .and_then(|st| st.ttft_quantile(0.99))
+            .map(ms),
+        itl_p99_ms: b
+            .stream
+            .as_deref()
+            .and_then(|st| st.itl_quantile(0.99))
+            .map(ms),
         failures: FailureKind::ALL
             .iter()
             .filter(|k| b.failures(**k) > 0)

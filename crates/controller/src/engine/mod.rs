@@ -411,6 +411,7 @@ impl<'a> Run<'a> {
                 Probe::Sql(s) => s.timeout.0,
                 Probe::Prometheus(p) => p.timeout.0,
                 Probe::Command(c) => c.timeout.0,
+                Probe::Llm(l) => l.timeout.0,
             })
             .max()
             .unwrap_or(Duration::ZERO)

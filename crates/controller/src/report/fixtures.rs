@@ -185,6 +185,8 @@ fn probes(recovered: bool) -> IndexMap<String, ProbeTimeline> {
             availability: Some(avail),
             p50_ms: Some(p50),
             p99_ms: Some(p99),
+            ttft_p99_ms: None,
+            itl_p99_ms: None,
             failures,
             value: None,
         });
@@ -195,6 +197,8 @@ fn probes(recovered: bool) -> IndexMap<String, ProbeTimeline> {
             availability: Some(100.0),
             p50_ms: Some(if stalled { 900.0 } else { 3.0 }),
             p99_ms: Some(if stalled { 1800.0 } else { 9.0 }),
+            ttft_p99_ms: None,
+            itl_p99_ms: None,
             failures: BTreeMap::new(),
             value: None,
         });

@@ -2,8 +2,10 @@
 //! One test binary (cheap to link); every test is bounded in time.
 
 mod http;
+mod llm;
 mod others;
 mod server;
+mod sse;
 
 use std::future::Future;
 use std::time::Duration;
@@ -30,4 +32,12 @@ pub fn spec<T: serde::de::DeserializeOwned>(yaml: &str) -> T {
 pub fn probe(yaml: &str) -> faultline_spec::Probe {
     serde_yaml::with::singleton_map::deserialize(serde_yaml::Deserializer::from_str(yaml))
         .expect("test probe parses")
+}
+
+/// Limits that stop a load after `d`.
+pub fn http_limits(d: Duration) -> faultline_probe::http::Limits {
+    faultline_probe::http::Limits {
+        duration: Some(d),
+        ..Default::default()
+    }
 }

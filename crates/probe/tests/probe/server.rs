@@ -1,4 +1,4 @@
-//! A real HTTP server on 127.0.0.1, port 0, whose answers the path controls:
+//! A real HTTP server on 127.0.0.1, port 0 (the accept loop is `sse::serve`), whose answers the path controls:
 //! `/ok`, `/status/{code}`, `/sleep/{ms}`, `/close` (and close the connection), `/gate` (waits while the gate is closed,
 //! to stall every request at once), `/api/v1/query` (a Prometheus-shaped answer).
 
@@ -10,10 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
 use tokio::sync::{Mutex, RwLock};
 
 #[derive(Debug, Default)]
@@ -41,28 +38,15 @@ impl Drop for Server {
 
 impl Server {
     pub async fn start() -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind loopback");
-        let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(State::default());
-        let st = Arc::clone(&state);
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
+        let (addr, task) = crate::sse::serve(
+            Arc::clone(&state),
+            |st| {
                 st.connections.fetch_add(1, Ordering::Relaxed);
-                let _ = stream.set_nodelay(true);
-                let st = Arc::clone(&st);
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle(Arc::clone(&st), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
+            },
+            handle,
+        )
+        .await;
         Server { addr, state, task }
     }
 
