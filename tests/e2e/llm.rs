@@ -1,5 +1,6 @@
 //! `faultline run` with an llm probe against a real streaming server process: a
-//! 2 s pause of the server mid-stream shows in `itl_p99` and fails the `during`
+//! 2 s pause of the server mid-stream, and a 2 s `http.stream_stall` injected
+//! transparently on its port, each show in `itl_p99` and fail the `during`
 //! tolerance `itl_p99 <= 500ms` with exit 1, naming it; the SLA (availability and
 //! TTFT) holds before and again after.
 
@@ -9,9 +10,34 @@ use crate::faultline;
 
 #[test]
 fn a_stalled_stream_fails_itl_p99_with_exit_1_naming_it() {
-    let dir = tempfile::tempdir().expect("tempdir");
     // Streams of 20 tokens at 50 ms: about ten are mid-stream when the pause hits.
     let (server, addr) = Child::sse_server(20, std::time::Duration::from_millis(50));
+    let fault = format!("process.pause: {{ pid: {} }}", server.pid());
+    stall_fails_itl_p99(&server, addr, &fault, "500ms", "2s");
+}
+
+#[test]
+fn an_http_stream_stall_fails_itl_p99_with_exit_1_naming_it() {
+    let (server, addr) = Child::sse_server(10, std::time::Duration::from_millis(50));
+    // Every stream held 2 s after its 3rd event, through the transparent proxy.
+    let fault = format!(
+        "http.stream_stall: {{ port: {}, after_events: 3, hold: 2s, path: /v1/chat }}",
+        addr.port()
+    );
+    stall_fails_itl_p99(&server, addr, &fault, "0s", "3s");
+}
+
+/// Runs `fault` (a flow-style fault map) against the streams of `server` and
+/// checks the run fails `itl_p99 <= 500ms` during it, and only that, by about
+/// the 2 s stall.
+fn stall_fails_itl_p99(
+    server: &Child,
+    addr: std::net::SocketAddr,
+    fault: &str,
+    start: &str,
+    duration: &str,
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
     let exp = dir.path().join("llm.yaml");
     std::fs::write(
         &exp,
@@ -32,13 +58,12 @@ recovery: {{ within: 10s }}
 method:
   - name: freeze
     target: host
-    fault: {{ process.pause: {{ pid: {pid} }} }}
-    start: 500ms
-    duration: 2s
+    fault: {{ {fault} }}
+    start: {start}
+    duration: {duration}
 safety:
   lease: 5s
-"#,
-            pid = server.pid()
+"#
         ),
     )
     .expect("write experiment");
@@ -71,6 +96,12 @@ safety:
         .collect();
     assert_eq!(failed.len(), 1, "{failed:#?}");
     assert_eq!(failed[0]["name"], name);
+    // Reverted, and confirmed from outside.
+    assert_eq!(
+        journal["faults"][0]["revert_confirmed"], true,
+        "{:#}",
+        journal["faults"]
+    );
     let check = &failed[0]["checks"][0];
     assert_eq!(check["metric"], "itl_p99");
     // The stall is the 2 s pause, give or take the machine.
