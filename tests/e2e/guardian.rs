@@ -125,6 +125,17 @@ impl Run {
         );
     }
 
+    /// Waits for a progress line containing each of `needles`, in any
+    /// order: steps that start together are injected concurrently.
+    fn until_all(&mut self, needles: &[&str]) {
+        let mut left: Vec<&str> = needles.to_vec();
+        left.retain(|n| !self.seen.iter().any(|l| l.contains(n)));
+        while let Some(first) = left.first().copied() {
+            self.until(first);
+            left.retain(|n| !self.seen.iter().any(|l| l.contains(n)));
+        }
+    }
+
     /// The guardian's pid, from the lock it holds.
     fn guardian(&self) -> u32 {
         let text =
@@ -424,9 +435,7 @@ fn kill_9_of_run_and_guardian_then_halt_clears_everything() {
     );
     let state = dir.path().join("state");
     let mut run = Run::start(Some(&ns), &exp, &state);
-    for step in ["slow", "lossy", "freeze"] {
-        run.until(&format!("injected {step}"));
-    }
+    run.until_all(&["injected slow", "injected lossy", "injected freeze"]);
     kill9(run.guardian());
     run.kill9();
 
