@@ -127,12 +127,14 @@ impl Run {
 
     /// Waits for a progress line containing each of `needles`, in any
     /// order: steps that start together are injected concurrently.
+    /// Only lines that arrive after the call count.
     fn until_all(&mut self, needles: &[&str]) {
-        let mut left: Vec<&str> = needles.to_vec();
-        left.retain(|n| !self.seen.iter().any(|l| l.contains(n)));
-        while let Some(first) = left.first().copied() {
-            self.until(first);
-            left.retain(|n| !self.seen.iter().any(|l| l.contains(n)));
+        let from = self.seen.len();
+        while let Some(missing) = needles
+            .iter()
+            .find(|n| !self.seen[from..].iter().any(|l| l.contains(**n)))
+        {
+            self.until(missing);
         }
     }
 
