@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use faultline_probe::Clock;
 use faultline_spec::Experiment;
 use indexmap::IndexMap;
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::{Agents, PREFLIGHT_TIMEOUT, rfc3339};
@@ -52,10 +53,44 @@ impl Slot {
     }
 }
 
+/// At most this many agent calls of one run are in flight at once. A run on
+/// hundreds of agents injects, renews, observes and reverts them all
+/// concurrently, but never opens hundreds of connections in the same instant:
+/// a call waits for a permit, and its own timeout starts only once it has one.
+pub const FAN_OUT: usize = 64;
+
+/// The permits behind [`FAN_OUT`], shared by every call of one run.
+#[derive(Debug, Clone)]
+struct FanOut(Arc<Semaphore>);
+
+impl Default for FanOut {
+    fn default() -> Self {
+        FanOut(Arc::new(Semaphore::new(FAN_OUT)))
+    }
+}
+
+impl FanOut {
+    /// Spawns `call` on `set` once a permit is free.
+    fn spawn<T, F>(&self, set: &mut JoinSet<T>, call: F)
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = T> + Send + 'static,
+    {
+        let permits = Arc::clone(&self.0);
+        set.spawn(async move {
+            // The semaphore is never closed, so acquiring cannot fail; if it
+            // ever did, the call goes ahead unbounded rather than not at all.
+            let _permit = permits.acquire_owned().await.ok();
+            call.await
+        });
+    }
+}
+
 #[derive(Debug, Default)]
 pub(super) struct Slots {
     slots: Vec<Slot>,
     origin: Option<Duration>,
+    fan_out: FanOut,
     /// Set when the run must stop: a fault could not be injected or renewed.
     pub(super) fatal: Option<String>,
 }
@@ -159,6 +194,7 @@ impl Slots {
         Ok(Slots {
             slots,
             origin: None,
+            fan_out: FanOut::default(),
             fatal: None,
         })
     }
@@ -177,7 +213,7 @@ impl Slots {
         for name in kinds.keys() {
             if let Some(c) = agents.get(*name) {
                 let c = Arc::clone(c);
-                set.spawn(async move {
+                self.fan_out.spawn(&mut set, async move {
                     let r = tokio::time::timeout(PREFLIGHT_TIMEOUT, c.health()).await;
                     (c.name().to_owned(), r)
                 });
@@ -255,7 +291,8 @@ impl Slots {
             for &i in &due {
                 let s = &self.slots[i];
                 let (c, id, req) = (Arc::clone(&s.client), s.rec.id.clone(), s.request.clone());
-                set.spawn(async move { (i, c.put_fault(&id, &req).await) });
+                self.fan_out
+                    .spawn(&mut set, async move { (i, c.put_fault(&id, &req).await) });
             }
             while let Some(joined) = set.join_next().await {
                 let Ok((i, r)) = joined else { continue };
@@ -317,9 +354,9 @@ impl Slots {
                 let s = &mut self.slots[i];
                 s.last_renew = now;
                 let (c, id) = (Arc::clone(&s.client), s.rec.id.clone());
-                set.spawn(
-                    async move { (i, tokio::time::timeout(limit, c.renew(&id, None)).await) },
-                );
+                self.fan_out.spawn(&mut set, async move {
+                    (i, tokio::time::timeout(limit, c.renew(&id, None)).await)
+                });
             }
             while let Some(joined) = set.join_next().await {
                 let Ok((i, r)) = joined else { continue };
@@ -388,7 +425,7 @@ impl Slots {
             let s = &mut self.slots[i];
             s.next_observe = now + every;
             let (c, id) = (Arc::clone(&s.client), s.rec.id.clone());
-            set.spawn(async move {
+            self.fan_out.spawn(&mut set, async move {
                 (
                     i,
                     tokio::time::timeout(Duration::from_secs(1), c.status(&id)).await,
@@ -430,7 +467,7 @@ impl Slots {
         for &i in which {
             let s = &self.slots[i];
             let (c, id) = (Arc::clone(&s.client), s.rec.id.clone());
-            set.spawn(async move {
+            self.fan_out.spawn(&mut set, async move {
                 let r = match limit {
                     Some(l) => match tokio::time::timeout(l, c.delete_fault(&id)).await {
                         Ok(r) => r.map_err(|e| e.to_string()),
@@ -515,13 +552,28 @@ impl Slots {
                     .push(i);
             }
         }
+        // Every agent is asked at once (bounded), so confirming a revert on a
+        // fleet costs one round trip, not one per agent.
+        let mut set = JoinSet::new();
+        for (n, (_, (client, _))) in by_agent.iter().enumerate() {
+            let client = Arc::clone(client);
+            self.fan_out.spawn(&mut set, async move {
+                let listed = tokio::time::timeout(Duration::from_secs(2), client.list()).await;
+                let held: Option<BTreeSet<String>> = match listed {
+                    Ok(Ok(list)) => Some(list.into_iter().map(|v| v.id).collect()),
+                    _ => None,
+                };
+                (n, held)
+            });
+        }
+        let mut held_by: Vec<Option<BTreeSet<String>>> = vec![None; by_agent.len()];
+        while let Some(joined) = set.join_next().await {
+            if let Ok((n, held)) = joined {
+                held_by[n] = held;
+            }
+        }
         let mut left = Vec::new();
-        for (agent, (client, idx)) in by_agent {
-            let listed = tokio::time::timeout(Duration::from_secs(2), client.list()).await;
-            let held: Option<BTreeSet<String>> = match listed {
-                Ok(Ok(list)) => Some(list.into_iter().map(|v| v.id).collect()),
-                _ => None,
-            };
+        for ((agent, (_, idx)), held) in by_agent.into_iter().zip(held_by) {
             for i in idx {
                 let s = &mut self.slots[i];
                 let reason = match &held {
@@ -570,6 +622,35 @@ fn redacted(spec: &faultline_spec::FaultSpec) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn a_fan_out_keeps_at_most_its_bound_in_flight_and_runs_every_call() {
+        let fan_out = FanOut::default();
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let mut set = JoinSet::new();
+        for i in 0..(FAN_OUT * 3 + 7) {
+            let (in_flight, most) = (Arc::clone(&in_flight), Arc::clone(&most));
+            fan_out.spawn(&mut set, async move {
+                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                // Unbounded, every call would be in flight across these yields.
+                for _ in 0..8 {
+                    tokio::task::yield_now().await;
+                }
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                i
+            });
+        }
+        let mut done = Vec::new();
+        while let Some(joined) = set.join_next().await {
+            done.push(joined.expect("call finished"));
+        }
+        done.sort_unstable();
+        assert_eq!(done, (0..(FAN_OUT * 3 + 7)).collect::<Vec<_>>());
+        assert_eq!(most.load(Ordering::SeqCst), FAN_OUT);
+    }
 
     #[test]
     fn a_fault_id_names_its_run_step_and_agent() {
