@@ -20,6 +20,7 @@ PACKAGES=(
   python3-venv    # the published Toxiproxy client the proxy API is tested with
   openssl         # test certificates for the agent's TLS tests
   chromium        # the dashboard's browser test (tests/e2e/ui.rs): /usr/bin/chromium, headless
+  systemd         # systemd-analyze verify: the agent's unit file is checked (tests/e2e/deploy.rs)
 )
 
 # Root for package installs and starting services; sudo where we are not root.
@@ -85,6 +86,16 @@ if ! "$st_venv/bin/schemathesis" --version 2>/dev/null | grep -q '4.32.5'; then
   rm -rf "$st_venv"
   python3 -m venv "$st_venv"
   "$st_venv/bin/pip" install -q 'schemathesis==4.32.5'
+fi
+
+# --- kubernetes-validate (PyPI): the Kubernetes manifests in agents/ are checked
+# offline against the API's published schemas (tests/e2e/deploy.rs). Neither
+# kubeconform nor a kubectl that validates without a cluster is packaged for Debian.
+kv_venv="${CARGO_TARGET_DIR:-$PWD/target}/k8s-validate-venv"
+if ! "$kv_venv/bin/kubernetes-validate" --version 2>/dev/null | grep -q '1.34.1'; then
+  rm -rf "$kv_venv"
+  python3 -m venv "$kv_venv"
+  "$kv_venv/bin/pip" install -q 'kubernetes-validate==1.34.1'
 fi
 
 # --- playwright-core (npm) for the dashboard's browser test ---

@@ -4,6 +4,7 @@
 mod agent;
 mod cli;
 mod demo;
+mod deploy;
 mod guardian;
 mod llm;
 mod run;
