@@ -84,21 +84,7 @@ fn llm_game_day_shows_the_stall_and_the_rate_limit(dir: &std::path::Path) {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let journal: serde_json::Value = serde_json::from_slice(&out.stdout).expect("journal JSON");
     assert_eq!(journal["status"], "passed");
-    let checks: Vec<(String, String, f64)> = journal["verdicts"]
-        .as_array()
-        .expect("verdicts")
-        .iter()
-        .flat_map(|v| {
-            let phase = v["phase"].as_str().unwrap_or_default().to_owned();
-            v["checks"].as_array().into_iter().flatten().map(move |c| {
-                (
-                    phase.clone(),
-                    c["metric"].as_str().unwrap_or_default().to_owned(),
-                    c["value"].as_f64().unwrap_or(f64::NAN),
-                )
-            })
-        })
-        .collect();
+    let checks = crate::verdict_checks(&journal);
     let value = |phase: &str, metric: &str| {
         checks
             .iter()

@@ -88,12 +88,7 @@ safety:
         &std::fs::read_to_string(dir.path().join("journal.json")).expect("journal"),
     )
     .expect("journal is JSON");
-    let failed: Vec<&serde_json::Value> = journal["verdicts"]
-        .as_array()
-        .expect("verdicts")
-        .iter()
-        .filter(|v| v["holds"] == false)
-        .collect();
+    let failed = crate::failed_verdicts(&journal);
     assert_eq!(failed.len(), 1, "{failed:#?}");
     assert_eq!(failed[0]["name"], name);
     // Reverted, and confirmed from outside.
@@ -108,13 +103,8 @@ safety:
     let ms = check["value"].as_f64().expect("observed ms");
     assert!((1500.0..4000.0).contains(&ms), "{check}");
     // The baseline and the recovery held: TTFT and availability were judged.
-    let held: Vec<&serde_json::Value> = journal["verdicts"]
-        .as_array()
-        .expect("verdicts")
-        .iter()
-        .filter(|v| {
-            v["holds"] == true && v["name"].as_str().is_some_and(|n| n.contains("ttft_p99"))
-        })
-        .collect();
+    let held = crate::verdicts(&journal, |v| {
+        v["holds"] == true && v["name"].as_str().is_some_and(|n| n.contains("ttft_p99"))
+    });
     assert!(held.len() >= 2, "{:#?}", journal["verdicts"]);
 }

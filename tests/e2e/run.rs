@@ -95,12 +95,7 @@ fn a_run_that_breaks_its_sla_exits_1_naming_the_hypothesis_everywhere() {
     .expect("journal is JSON");
     assert_eq!(journal["status"], "failed");
     assert_eq!(journal["exit_code"], 1);
-    let failed: Vec<&serde_json::Value> = journal["verdicts"]
-        .as_array()
-        .expect("verdicts")
-        .iter()
-        .filter(|v| v["holds"] == false)
-        .collect();
+    let failed = crate::failed_verdicts(&journal);
     assert_eq!(failed.len(), 1, "{failed:#?}");
     assert_eq!(failed[0]["name"], name);
     assert_eq!(journal["faults"][0]["revert_confirmed"], true);
