@@ -91,10 +91,38 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// What every `http.*` kind shares: where the proxy sits (proxy or transparent
+/// mode) and which requests it picks.
+struct Scope<'a> {
+    listen: &'a Option<String>,
+    upstream: &'a Option<String>,
+    port: Option<u16>,
+    probability: f64,
+    path: &'a Option<String>,
+    method: Option<&'a String>,
+}
+
+/// The [`Scope`] of an `http.*` parameter struct (they all name these fields
+/// alike); `method:` for the kinds that match one.
+macro_rules! scope {
+    ($p:expr, probability: $prob:expr) => {
+        scope!($p, probability: $prob, method: None)
+    };
+    ($p:expr, probability: $prob:expr, method: $method:expr) => {
+        Scope {
+            listen: &$p.listen,
+            upstream: &$p.upstream,
+            port: $p.port,
+            probability: $prob,
+            path: &$p.path,
+            method: $method,
+        }
+    };
+}
+
 impl HttpGatewayFault {
     pub fn error(id: &str, p: &HttpError) -> Result<Self, InjectError> {
         const KIND: &str = "http.error";
-        let (listen, upstream) = endpoints(KIND, &p.listen, &p.upstream, p.port)?;
         if !(400..=599).contains(&p.status) {
             return Err(InjectError::InvalidParams {
                 kind: KIND,
@@ -109,43 +137,33 @@ impl HttpGatewayFault {
             let d = d.get();
             (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
         });
-        let fault = HttpFault {
-            kind: HttpFaultKind::Error {
-                status: p.status,
-                retry_after,
-                body: p.body.clone(),
-            },
-            probability: p.probability.ratio(),
-            path_prefix: p.path.clone(),
-            method: p.method.clone(),
+        let what = HttpFaultKind::Error {
+            status: p.status,
+            retry_after,
+            body: p.body.clone(),
         };
-        Ok(Self::new(KIND, id, listen, upstream, fault, p.port))
+        let scope = scope!(p, probability: p.probability.ratio(), method: p.method.as_ref());
+        Self::build(KIND, id, scope, what)
     }
 
     pub fn delay(id: &str, p: &HttpDelay) -> Result<Self, InjectError> {
         const KIND: &str = "http.delay";
-        let (listen, upstream) = endpoints(KIND, &p.listen, &p.upstream, p.port)?;
         if p.delay.is_zero() {
             return Err(InjectError::InvalidParams {
                 kind: KIND,
                 reason: "`delay` must be positive".into(),
             });
         }
-        let fault = HttpFault {
-            kind: HttpFaultKind::Delay {
-                delay_ms: millis(p.delay.get()),
-                jitter_ms: millis(p.jitter.get()),
-            },
-            probability: p.probability.ratio(),
-            path_prefix: p.path.clone(),
-            method: p.method.clone(),
+        let what = HttpFaultKind::Delay {
+            delay_ms: millis(p.delay.get()),
+            jitter_ms: millis(p.jitter.get()),
         };
-        Ok(Self::new(KIND, id, listen, upstream, fault, p.port))
+        let scope = scope!(p, probability: p.probability.ratio(), method: p.method.as_ref());
+        Self::build(KIND, id, scope, what)
     }
 
     pub fn rate_limit(id: &str, p: &HttpRateLimit) -> Result<Self, InjectError> {
         const KIND: &str = "http.rate_limit";
-        let (listen, upstream) = endpoints(KIND, &p.listen, &p.upstream, p.port)?;
         let invalid = |reason: String| InjectError::InvalidParams { kind: KIND, reason };
         let rate = p.rate.per_second();
         // One second of the rate, as a gateway configured "10/s" lets 10 at once.
@@ -165,38 +183,31 @@ impl HttpGatewayFault {
                 return Err(invalid("`header` only applies to `key: header`".into()));
             }
         };
-        let fault = HttpFault {
-            kind: HttpFaultKind::RateLimit {
-                rate_per_s: rate,
-                burst,
-                key,
-            },
-            probability: 1.0,
-            path_prefix: p.path.clone(),
-            method: p.method.clone(),
+        let what = HttpFaultKind::RateLimit {
+            rate_per_s: rate,
+            burst,
+            key,
         };
-        Self::checked(KIND, id, listen, upstream, fault, p.port)
+        Self::build(
+            KIND,
+            id,
+            scope!(p, probability: 1.0, method: p.method.as_ref()),
+            what,
+        )
     }
 
     pub fn queue(id: &str, p: &HttpQueue) -> Result<Self, InjectError> {
-        const KIND: &str = "http.queue";
-        let (listen, upstream) = endpoints(KIND, &p.listen, &p.upstream, p.port)?;
-        let fault = HttpFault {
-            kind: HttpFaultKind::Queue {
-                concurrency: p.concurrency,
-                queue: p.queue,
-                timeout_ms: millis(p.timeout.get()),
-            },
-            probability: 1.0,
-            path_prefix: p.path.clone(),
-            method: p.method.clone(),
+        let what = HttpFaultKind::Queue {
+            concurrency: p.concurrency,
+            queue: p.queue,
+            timeout_ms: millis(p.timeout.get()),
         };
-        Self::checked(KIND, id, listen, upstream, fault, p.port)
+        let scope = scope!(p, probability: 1.0, method: p.method.as_ref());
+        Self::build("http.queue", id, scope, what)
     }
 
     pub fn stream_stall(id: &str, p: &HttpStreamStall) -> Result<Self, InjectError> {
         const KIND: &str = "http.stream_stall";
-        let (listen, upstream) = endpoints(KIND, &p.listen, &p.upstream, p.port)?;
         if p.after_events.is_some() && p.after.is_some() {
             return Err(InjectError::InvalidParams {
                 kind: KIND,
@@ -209,47 +220,52 @@ impl HttpGatewayFault {
                 reason: "`hold` must be positive".into(),
             });
         }
-        let fault = HttpFault {
-            kind: HttpFaultKind::StreamStall {
-                after_events: p.after_events.unwrap_or(0),
-                after_ms: p.after.map(|d| millis(d.get())),
-                hold_ms: millis(p.hold.get()),
-                cut: p.then == StallThen::Cut,
-            },
-            probability: p.probability.ratio(),
-            path_prefix: p.path.clone(),
-            method: None,
+        let what = HttpFaultKind::StreamStall {
+            after_events: p.after_events.unwrap_or(0),
+            after_ms: p.after.map(|d| millis(d.get())),
+            hold_ms: millis(p.hold.get()),
+            cut: p.then == StallThen::Cut,
         };
-        Self::checked(KIND, id, listen, upstream, fault, p.port)
+        Self::build(
+            KIND,
+            id,
+            scope!(p, probability: p.probability.ratio()),
+            what,
+        )
     }
 
     pub fn stream_slow(id: &str, p: &HttpStreamSlow) -> Result<Self, InjectError> {
-        const KIND: &str = "http.stream_slow";
-        let (listen, upstream) = endpoints(KIND, &p.listen, &p.upstream, p.port)?;
-        let fault = HttpFault {
-            kind: HttpFaultKind::StreamSlow {
-                events_per_s: p.rate.per_second(),
-            },
-            probability: p.probability.ratio(),
-            path_prefix: p.path.clone(),
-            method: None,
+        let what = HttpFaultKind::StreamSlow {
+            events_per_s: p.rate.per_second(),
         };
-        Self::checked(KIND, id, listen, upstream, fault, p.port)
+        let scope = scope!(p, probability: p.probability.ratio());
+        Self::build("http.stream_slow", id, scope, what)
     }
 
     pub fn stream_truncate(id: &str, p: &HttpStreamTruncate) -> Result<Self, InjectError> {
-        const KIND: &str = "http.stream_truncate";
-        let (listen, upstream) = endpoints(KIND, &p.listen, &p.upstream, p.port)?;
-        let fault = HttpFault {
-            kind: HttpFaultKind::StreamTruncate {
-                after_events: p.after_events,
-                done: p.done,
-            },
-            probability: p.probability.ratio(),
-            path_prefix: p.path.clone(),
-            method: None,
+        let what = HttpFaultKind::StreamTruncate {
+            after_events: p.after_events,
+            done: p.done,
         };
-        Self::checked(KIND, id, listen, upstream, fault, p.port)
+        let scope = scope!(p, probability: p.probability.ratio());
+        Self::build("http.stream_truncate", id, scope, what)
+    }
+
+    /// The fault `what` within `scope`, after the checks every kind shares.
+    fn build(
+        kind: &'static str,
+        id: &str,
+        scope: Scope<'_>,
+        what: HttpFaultKind,
+    ) -> Result<Self, InjectError> {
+        let (listen, upstream) = endpoints(kind, scope.listen, scope.upstream, scope.port)?;
+        let fault = HttpFault {
+            kind: what,
+            probability: scope.probability,
+            path_prefix: scope.path.clone(),
+            method: scope.method.cloned(),
+        };
+        Self::checked(kind, id, listen, upstream, fault, scope.port)
     }
 
     /// [`Self::new`] after the proxy's own check of the parameters, so a bad
