@@ -1586,6 +1586,38 @@ async fn http_queue_of_concurrency_2_delays_more_under_more_load_then_503() {
     assert!(case.send("GET", "/slow").await.is_none(), "listener left");
 }
 
+/// `http.queue` in transparent mode: the same one slot and no queue, with the
+/// port captured by nftables inside a namespace; two slow requests from inside
+/// it at once, one of them turned away.
+struct TransparentQueueCase(TransparentHttp);
+
+impl ComplianceCase for TransparentQueueCase {
+    fn spec(&mut self) -> FaultSpec {
+        self.0.spec()
+    }
+    async fn effect_visible(&mut self) -> bool {
+        let (a, b) = tokio::join!(
+            self.0.curl("GET", "/slow?ms=300"),
+            self.0.curl("GET", "/slow?ms=300")
+        );
+        let statuses = [a.map(|r| r.status), b.map(|r| r.status)];
+        statuses.contains(&Some(503)) && statuses.contains(&Some(200))
+    }
+}
+
+#[tokio::test]
+async fn http_queue_transparent_mode_turns_away_what_it_cannot_hold() {
+    let case = TransparentHttp::new(
+        "http.queue",
+        |port| json!({ "port": port, "concurrency": 1, "queue": 0, "timeout": "1s" }),
+        |r| r.status == 503,
+    )
+    .await;
+    let id = format!("tp-http-queue-{}", case.ns.name);
+    let mut case = TransparentQueueCase(case);
+    assert_fault_compliance(&id, &mut case).await;
+}
+
 /// `n` requests to `/slow?ms=100` at once.
 async fn futures_join(case: &Gateway, n: usize) -> Vec<Reply> {
     let listen = case.listen;
@@ -1668,6 +1700,21 @@ async fn http_stream_slow_paces_events() {
         |r| r.events() == (5, true) && r.took >= Duration::from_millis(490),
     );
     let id = format!("http-slow-{}", case.listen.port());
+    assert_fault_compliance(&id, &mut case).await;
+}
+
+#[tokio::test]
+async fn http_stream_slow_transparent_mode_paces_events() {
+    let mut case = TransparentHttp::new(
+        "http.stream_slow",
+        |port| json!({ "port": port, "rate": "10/s" }),
+        // As in proxy mode: 6 events a tenth of a second apart, 500 ms at least,
+        // none lost, the stream still ends with [DONE].
+        |r| r.status == 200 && r.events() == (5, true) && r.took >= Duration::from_millis(490),
+    )
+    .await;
+    case.probe = "/sse?n=5&gap_ms=0";
+    let id = format!("tp-http-slow-{}", case.ns.name);
     assert_fault_compliance(&id, &mut case).await;
 }
 
