@@ -63,6 +63,61 @@ safety:
     path
 }
 
+/// One test's world: a network namespace of its own (the run's nftables
+/// faults, `status` and `halt` stay inside it), the HTTP server the probe reads,
+/// and a temporary directory for the experiment and the run's state.
+struct Scene {
+    ns: NetNs,
+    dir: tempfile::TempDir,
+    url: String,
+    addr: std::net::SocketAddr,
+    _server: Child,
+}
+
+impl Scene {
+    /// The server inside the namespace, where the run will be.
+    fn new() -> Self {
+        let ns = NetNs::new();
+        let (server, addr) = Child::http_server_with(ns.command("python3"));
+        Self::with(ns, server, addr)
+    }
+
+    /// The server on the host, for runs that must be on the host (PostgreSQL
+    /// listens on the host's loopback); the namespace still scopes `status`.
+    fn on_host() -> Self {
+        let (server, addr) = Child::http_server();
+        Self::with(NetNs::new(), server, addr)
+    }
+
+    fn with(ns: NetNs, server: Child, addr: std::net::SocketAddr) -> Self {
+        Self {
+            ns,
+            dir: tempfile::tempdir().expect("tempdir"),
+            url: format!("http://{addr}/"),
+            addr,
+            _server: server,
+        }
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// `faultline run` of an experiment with `steps`, inside the namespace.
+    fn run(&self, steps: &str) -> Run {
+        let exp = experiment(self.dir.path(), &self.url, steps);
+        Run::start(Some(&self.ns), &exp, &self.state())
+    }
+
+    /// kill -9 of the run; then its guardian must leave `clear` true within 2 s
+    /// and `status` must find nothing.
+    fn kill_9_leaves_nothing(&self, run: &mut Run, clear: impl Fn() -> bool) {
+        let guardian = run.guardian();
+        let killed = run.kill9();
+        left_nothing(run, guardian, killed, &self.ns, clear);
+    }
+}
+
 /// A running `faultline run` and the lines of its stderr so far.
 struct Run {
     child: std::process::Child,
@@ -252,45 +307,28 @@ fn left_nothing(
 
 #[test]
 fn kill_9_after_preflight_leaves_nothing() {
-    let ns = NetNs::new();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (_server, addr) = Child::http_server_with(ns.command("python3"));
+    let scene = Scene::new();
     let target = Child::sleep();
-    let exp = experiment(
-        dir.path(),
-        &format!("http://{addr}/"),
-        &format!(
-            "  - {{ name: freeze, target: host, fault: {{ process.pause: {{ pid: {} }} }}, start: 2s, duration: 30s }}",
-            target.pid()
-        ),
-    );
-    let mut run = Run::start(Some(&ns), &exp, &dir.path().join("state"));
+    let mut run = scene.run(&format!(
+        "  - {{ name: freeze, target: host, fault: {{ process.pause: {{ pid: {} }} }}, start: 2s, duration: 30s }}",
+        target.pid()
+    ));
     run.until("phase baseline");
-    let guardian = run.guardian();
-    let killed = run.kill9();
-    left_nothing(&run, guardian, killed, &ns, || !target.is_stopped());
+    scene.kill_9_leaves_nothing(&mut run, || !target.is_stopped());
     assert!(!target.is_stopped());
 }
 
 #[test]
 fn kill_9_mid_transparent_latency_leaves_no_redirect() {
-    let ns = NetNs::new();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (_server, addr) = Child::http_server_with(ns.command("python3"));
-    let exp = experiment(
-        dir.path(),
-        &format!("http://{addr}/"),
-        &format!(
-            "  - {{ name: slow, target: host, fault: {{ network.latency: {{ port: {}, delay: 50ms }} }}, duration: 30s }}",
-            addr.port()
-        ),
-    );
-    let mut run = Run::start(Some(&ns), &exp, &dir.path().join("state"));
+    let scene = Scene::new();
+    let (ns, addr) = (&scene.ns, scene.addr);
+    let mut run = scene.run(&format!(
+        "  - {{ name: slow, target: host, fault: {{ network.latency: {{ port: {}, delay: 50ms }} }}, duration: 30s }}",
+        addr.port()
+    ));
     run.until("injected slow");
-    assert!(!nft_tables(&ns).is_empty(), "the redirect is in place");
-    let guardian = run.guardian();
-    let killed = run.kill9();
-    left_nothing(&run, guardian, killed, &ns, || nft_tables(&ns).is_empty());
+    assert!(!nft_tables(ns).is_empty(), "the redirect is in place");
+    scene.kill_9_leaves_nothing(&mut run, || nft_tables(ns).is_empty());
     // The port answers directly again, inside the namespace.
     let out = ns
         .command("python3")
@@ -309,42 +347,26 @@ fn kill_9_mid_transparent_latency_leaves_no_redirect() {
 
 #[test]
 fn kill_9_mid_network_loss_leaves_no_table() {
-    let ns = NetNs::new();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (_server, addr) = Child::http_server_with(ns.command("python3"));
-    let exp = experiment(
-        dir.path(),
-        &format!("http://{addr}/"),
+    let scene = Scene::new();
+    let mut run = scene.run(
         "  - { name: lossy, target: host, fault: { network.loss: { probability: 50%, ports: [9] } }, duration: 30s }",
     );
-    let mut run = Run::start(Some(&ns), &exp, &dir.path().join("state"));
     run.until("injected lossy");
-    assert_eq!(nft_tables(&ns).len(), 1, "the loss table is in place");
-    let guardian = run.guardian();
-    let killed = run.kill9();
-    left_nothing(&run, guardian, killed, &ns, || nft_tables(&ns).is_empty());
+    assert_eq!(nft_tables(&scene.ns).len(), 1, "the loss table is in place");
+    scene.kill_9_leaves_nothing(&mut run, || nft_tables(&scene.ns).is_empty());
 }
 
 #[test]
 fn kill_9_mid_process_pause_leaves_nothing_stopped() {
-    let ns = NetNs::new();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (_server, addr) = Child::http_server_with(ns.command("python3"));
+    let scene = Scene::new();
     let target = Child::sleep();
-    let exp = experiment(
-        dir.path(),
-        &format!("http://{addr}/"),
-        &format!(
-            "  - {{ name: freeze, target: host, fault: {{ process.pause: {{ pid: {} }} }}, duration: 30s }}",
-            target.pid()
-        ),
-    );
-    let mut run = Run::start(Some(&ns), &exp, &dir.path().join("state"));
+    let mut run = scene.run(&format!(
+        "  - {{ name: freeze, target: host, fault: {{ process.pause: {{ pid: {} }} }}, duration: 30s }}",
+        target.pid()
+    ));
     run.until("injected freeze");
     assert!(target.is_stopped());
-    let guardian = run.guardian();
-    let killed = run.kill9();
-    left_nothing(&run, guardian, killed, &ns, || !target.is_stopped());
+    scene.kill_9_leaves_nothing(&mut run, || !target.is_stopped());
 }
 
 /// `psql` against the test server: the command's success.
@@ -364,9 +386,7 @@ fn psql(sql: &str) -> Result<(), String> {
 fn kill_9_mid_db_lock_on_postgres_leaves_no_lock() {
     // PostgreSQL listens on the host's loopback, so the run is on the host;
     // `status` looks from a namespace of its own.
-    let ns = NetNs::new();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (_server, addr) = Child::http_server();
+    let scene = Scene::on_host();
     let table = format!("fl_guard_{}", std::process::id());
     psql(&format!(
         "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id int PRIMARY KEY, v text); INSERT INTO {table} VALUES (1, 'a')"
@@ -378,71 +398,50 @@ fn kill_9_mid_db_lock_on_postgres_leaves_no_lock() {
         ))
     };
     let exp = experiment(
-        dir.path(),
-        &format!("http://{addr}/"),
+        scene.dir.path(),
+        &scene.url,
         &format!(
             "  - {{ name: stall, target: host, fault: {{ db.lock: {{ url: \"${{env:FL_GUARD_PG_URL}}\", engine: postgres, table: {table}, mode: access_exclusive }} }}, duration: 30s }}"
         ),
     );
     // As the docs say a URL with a password is written: a reference the guardian
     // resolves from the environment it inherited (the journal masks inline ones).
-    let mut run = Run::start_with_env(
-        None,
-        &exp,
-        &dir.path().join("state"),
-        ("FL_GUARD_PG_URL", PG_URL),
-    );
+    let mut run = Run::start_with_env(None, &exp, &scene.state(), ("FL_GUARD_PG_URL", PG_URL));
     run.until("injected stall");
     assert!(write().is_err(), "the lock blocks a writer");
-    let guardian = run.guardian();
-    let killed = run.kill9();
-    left_nothing(&run, guardian, killed, &ns, || write().is_ok());
+    scene.kill_9_leaves_nothing(&mut run, || write().is_ok());
     let _ = psql(&format!("DROP TABLE IF EXISTS {table}"));
 }
 
 #[test]
 fn kill_9_after_the_last_revert_leaves_nothing() {
-    let ns = NetNs::new();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (_server, addr) = Child::http_server_with(ns.command("python3"));
-    let exp = experiment(
-        dir.path(),
-        &format!("http://{addr}/"),
+    let scene = Scene::new();
+    let mut run = scene.run(
         "  - { name: lossy, target: host, fault: { network.loss: { probability: 50%, ports: [9] } }, duration: 500ms }",
     );
-    let mut run = Run::start(Some(&ns), &exp, &dir.path().join("state"));
     run.until("reverted ");
-    let guardian = run.guardian();
-    let killed = run.kill9();
-    left_nothing(&run, guardian, killed, &ns, || nft_tables(&ns).is_empty());
+    scene.kill_9_leaves_nothing(&mut run, || nft_tables(&scene.ns).is_empty());
 }
 
 #[test]
 #[allow(clippy::print_stderr)] // how long the halt took, for docs/operations.md
 fn kill_9_of_run_and_guardian_then_halt_clears_everything() {
-    let ns = NetNs::new();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (_server, addr) = Child::http_server_with(ns.command("python3"));
+    let scene = Scene::new();
+    let (ns, state) = (&scene.ns, scene.state());
     let target = Child::sleep();
-    let exp = experiment(
-        dir.path(),
-        &format!("http://{addr}/"),
-        &format!(
-            "  - {{ name: slow, target: host, fault: {{ network.latency: {{ port: {port}, delay: 50ms }} }}, duration: 30s }}
+    let mut run = scene.run(&format!(
+        "  - {{ name: slow, target: host, fault: {{ network.latency: {{ port: {port}, delay: 50ms }} }}, duration: 30s }}
   - {{ name: lossy, target: host, fault: {{ network.loss: {{ probability: 50%, ports: [9] }} }}, duration: 30s }}
   - {{ name: freeze, target: host, fault: {{ process.pause: {{ pid: {pid} }} }}, duration: 30s }}",
-            port = addr.port(),
-            pid = target.pid()
-        ),
-    );
-    let state = dir.path().join("state");
-    let mut run = Run::start(Some(&ns), &exp, &state);
+        port = scene.addr.port(),
+        pid = target.pid()
+    ));
     run.until_all(&["injected slow", "injected lossy", "injected freeze"]);
     kill9(run.guardian());
     run.kill9();
 
     // Nobody is left to revert: status names each leftover, in place.
-    let st = status(Some(&ns), &state);
+    let st = status(Some(ns), &state);
     let mut found = faults_of(&st);
     found.sort();
     assert_eq!(
@@ -461,9 +460,9 @@ fn kill_9_of_run_and_guardian_then_halt_clears_everything() {
         );
         assert!(f["step"].is_string() && f["expires_at"].is_string(), "{f}");
     }
-    assert_eq!(nft_tables(&ns).len(), 2);
+    assert_eq!(nft_tables(ns).len(), 2);
     assert!(target.is_stopped());
-    let text = faultline_in(Some(&ns))
+    let text = faultline_in(Some(ns))
         .args(["status", "--state-dir"])
         .arg(&state)
         .output()
@@ -475,7 +474,7 @@ fn kill_9_of_run_and_guardian_then_halt_clears_everything() {
     assert!(text.contains("LEFT"), "{text}");
 
     let halted = Instant::now();
-    let out = faultline_in(Some(&ns))
+    let out = faultline_in(Some(ns))
         .args(["halt", "--state-dir"])
         .arg(&state)
         .output()
@@ -487,11 +486,11 @@ fn kill_9_of_run_and_guardian_then_halt_clears_everything() {
         "{out:?}"
     );
     // Confirmed from outside too.
-    assert!(nft_tables(&ns).is_empty());
+    assert!(nft_tables(ns).is_empty());
     assert!(!target.is_stopped());
-    assert!(faults_of(&status(Some(&ns), &state)).is_empty());
+    assert!(faults_of(&status(Some(ns), &state)).is_empty());
     // A second halt has nothing to do and says so.
-    let again = faultline_in(Some(&ns))
+    let again = faultline_in(Some(ns))
         .args(["halt", "--state-dir"])
         .arg(&state)
         .output()
