@@ -534,7 +534,8 @@ struct Direction<'a> {
     last_release: Option<Instant>,
     timer_armed: Option<Instant>,
     /// The reactor timer for deadlines, while the direction has toxics.
-    release_timer: Option<timer::ReleaseTimer>,
+    /// Boxed: a connection task holds two directions inline.
+    release_timer: Option<Box<timer::ReleaseTimer>>,
     release_timer_failed: bool,
     /// Set once the direction carried bulk data without toxics.
     pipe: Option<Pipe>,
@@ -1072,7 +1073,7 @@ impl<'a> Direction<'a> {
         // direction's own, made the first time one is needed).
         if deadline.is_some() && self.release_timer.is_none() && !self.release_timer_failed {
             match timer::ReleaseTimer::new() {
-                Ok(t) => self.release_timer = Some(t),
+                Ok(t) => self.release_timer = Some(Box::new(t)),
                 Err(e) => {
                     tracing::debug!(error = %e, "no timerfd; releasing from the timer thread");
                     self.release_timer_failed = true;
@@ -1108,7 +1109,7 @@ impl<'a> Direction<'a> {
             };
             (fallback, d)
         });
-        let reactor_timer = self.release_timer.as_ref();
+        let reactor_timer = self.release_timer.as_deref();
         let mut changed = false;
         tokio::select! {
             biased;

@@ -84,25 +84,46 @@ impl ReleaseTimer {
         Ok(())
     }
 
-    /// Completes once the instant last given to [`ReleaseTimer::arm`] passed.
-    pub(crate) async fn expired(&self) {
-        let Some(at) = self.armed else {
-            return std::future::pending().await;
+    /// Completes once the instant last given to [`ReleaseTimer::arm`] passed
+    /// (never, while disarmed). A small hand-written future: the connection
+    /// task holds it inline in every direction's state.
+    pub(crate) fn expired(&self) -> Expired<'_> {
+        Expired { timer: self }
+    }
+}
+
+/// See [`ReleaseTimer::expired`].
+#[derive(Debug)]
+pub(crate) struct Expired<'a> {
+    timer: &'a ReleaseTimer,
+}
+
+impl Future for Expired<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let t = self.timer;
+        let Some(at) = t.armed else {
+            return Poll::Pending;
         };
         loop {
             if Instant::now() >= at {
-                return;
+                return Poll::Ready(());
             }
-            let Ok(mut guard) = self.fd.readable().await else {
+            match t.fd.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
                 // The reactor is gone (runtime shutting down): never spin.
-                return std::future::pending().await;
-            };
-            // Reading the expiration count clears readiness; WouldBlock
-            // (a stale readiness) clears it too, through try_io.
-            let _ = guard.try_io(|fd| {
-                let mut count = [0u8; 8];
-                nix::unistd::read(fd.get_ref().0.as_fd(), &mut count).map_err(io::Error::from)
-            });
+                Poll::Ready(Err(_)) => return Poll::Pending,
+                Poll::Ready(Ok(mut guard)) => {
+                    // Reading the expiration count clears readiness;
+                    // WouldBlock (a stale readiness) clears it too, in try_io.
+                    let _ = guard.try_io(|fd| {
+                        let mut count = [0u8; 8];
+                        nix::unistd::read(fd.get_ref().0.as_fd(), &mut count)
+                            .map_err(io::Error::from)
+                    });
+                }
+            }
         }
     }
 }
