@@ -1,0 +1,165 @@
+//! Several `faultline serve` replicas on one PostgreSQL store: this replica's id and
+//! leases, and the task that keeps them.
+//!
+//! - Every replica heartbeats its `replicas` row and renews the run lease of every
+//!   run it owns ([`super::Manager::tick_leases`]) every [`HaSettings::tick`]
+//!   (a third of the run lease, at most 1 s, so an abort asked on another replica
+//!   takes effect within a second).
+//! - Every replica sweeps ([`RunStore::sweep_expired_runs`], every
+//!   [`HaSettings::sweep_every`]): a run whose lease expired (its owner died or
+//!   lost the store for longer than the lease) is marked `aborted`, with a reason
+//!   that names the lost owner, an event and an audit entry. Its faults lapse on
+//!   the agents by their own leases (the experiment's `safety.lease`), so with a
+//!   `safety.lease` no longer than the run lease nothing of a dead replica's run is
+//!   left anywhere a second after the run lease.
+//! - One replica's scheduler fires (the lease row `scheduler`, see
+//!   [`crate::schedule::Leadership`]); handover takes at most
+//!   [`HaSettings::handover`] (leader lease + a third of it).
+//!
+//! On SQLite (one host, the single-node default) the same machinery runs with one
+//! replica, and a start takes over every run in flight, whoever owned it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::manager::Manager;
+use crate::schedule::Leadership;
+use crate::store::RunStore;
+
+/// The default run lease (`ha.run_lease`, `--run-lease`).
+pub const DEFAULT_RUN_LEASE: Duration = Duration::from_secs(15);
+/// The default scheduler leader lease (`ha.leader_lease`, `--leader-lease`).
+pub const DEFAULT_LEADER_LEASE: Duration = Duration::from_secs(15);
+/// The shortest lease accepted: renewals every third of it must fit.
+pub const MIN_LEASE: Duration = Duration::from_millis(300);
+
+/// This replica's identity and leases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaSettings {
+    /// Unique among the replicas on one store (two processes with one id take each
+    /// other's runs for their own).
+    pub replica_id: String,
+    /// How long a run stays this replica's without a renewal.
+    pub run_lease: Duration,
+    /// How long the scheduler's leadership lasts without a renewal.
+    pub leader_lease: Duration,
+}
+
+impl Default for HaSettings {
+    fn default() -> Self {
+        HaSettings {
+            replica_id: default_replica_id(),
+            run_lease: DEFAULT_RUN_LEASE,
+            leader_lease: DEFAULT_LEADER_LEASE,
+        }
+    }
+}
+
+impl HaSettings {
+    /// How often run leases are renewed (and abort requests looked for).
+    pub fn tick(&self) -> Duration {
+        (self.run_lease / 3).min(Duration::from_secs(1))
+    }
+
+    /// How often expired runs are swept.
+    pub fn sweep_every(&self) -> Duration {
+        (self.run_lease / 6).min(Duration::from_millis(500))
+    }
+
+    pub fn leadership(&self) -> Leadership {
+        Leadership {
+            replica: self.replica_id.clone(),
+            lease: self.leader_lease,
+        }
+    }
+
+    /// The longest a dead leader's schedules go unfired.
+    pub fn handover(&self) -> Duration {
+        self.leadership().handover()
+    }
+
+    /// Refuses leases too short to renew.
+    pub fn check(&self) -> Result<(), String> {
+        if self.replica_id.trim().is_empty() {
+            return Err("ha.replica_id must not be empty".to_owned());
+        }
+        for (what, d) in [
+            ("ha.run_lease", self.run_lease),
+            ("ha.leader_lease", self.leader_lease),
+        ] {
+            if d < MIN_LEASE {
+                return Err(format!("{what} is {d:?}: at least {MIN_LEASE:?}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `HOSTNAME-PID`: unique per process on a host, and per pod in Kubernetes (where
+/// `--replica-id $(POD_NAME)` is the better choice: it survives a restart of the
+/// container, so the replica aborts its own earlier runs at once).
+pub fn default_replica_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "faultline".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+/// The running lease task.
+#[derive(Debug)]
+pub struct HaHandle {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl HaHandle {
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        if let Err(e) = self.task.await {
+            tracing::warn!(error = %e, "lease task ended abnormally");
+        }
+    }
+}
+
+/// Starts heartbeats, run-lease renewals and the sweeper.
+pub fn spawn(manager: Arc<Manager>) -> HaHandle {
+    let (stop, mut stopped) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        let ha = manager.ha().clone();
+        let store: Arc<dyn RunStore> = Arc::clone(manager.store());
+        let version = env!("CARGO_PKG_VERSION");
+        let mut tick = tokio::time::interval(ha.tick());
+        let mut sweep = tokio::time::interval(ha.sweep_every());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tracing::info!(replica = %ha.replica_id, run_lease = ?ha.run_lease, leader_lease = ?ha.leader_lease, "replica leases started");
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if let Err(e) = store.heartbeat_replica(&ha.replica_id, version).await {
+                        tracing::warn!(error = %e, "replica heartbeat failed");
+                    }
+                    if let Err(e) = manager.tick_leases().await {
+                        tracing::warn!(error = %e, "run lease renewal failed");
+                    }
+                }
+                _ = sweep.tick() => match store.sweep_expired_runs(&ha.replica_id).await {
+                    Ok(swept) => {
+                        for s in swept {
+                            tracing::warn!(run = %s.id, owner = ?s.owner, reason = %s.reason, "run of a lost replica marked aborted");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "sweeping expired runs failed"),
+                },
+                _ = stopped.changed() => break,
+            }
+        }
+    });
+    HaHandle { stop, task }
+}
