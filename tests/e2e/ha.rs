@@ -115,6 +115,12 @@ impl Replica {
             .spawn()
             .expect("spawn faultline serve");
         let stderr = process.stderr.take().expect("stderr");
+        // Killed on drop from here on, also when it never says where it listens.
+        let mut replica = Replica {
+            process,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            id: id.to_owned(),
+        };
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -129,11 +135,8 @@ impl Replica {
                 .recv_timeout(left)
                 .unwrap_or_else(|_| panic!("replica {id} did not say where it listens: {lines:?}"));
             if let Some(a) = line.strip_prefix("faultline serve: listening on ") {
-                return Replica {
-                    process,
-                    addr: a.parse().expect("addr"),
-                    id: id.to_owned(),
-                };
+                replica.addr = a.parse().expect("addr");
+                return replica;
             }
             lines.push(line);
         }

@@ -404,7 +404,7 @@ impl Manager {
                     },
                 };
                 match self.store.fire_slot(&claim).await? {
-                    SlotFired::Fired { run, created } => CreatedRun { run, created },
+                    SlotFired::Fired { run, created } => CreatedRun { run: *run, created },
                     SlotFired::Taken => {
                         return Err(ManagerError::Conflict(format!(
                             "slot {} of schedule {} was handled already (by another replica)",

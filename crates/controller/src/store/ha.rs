@@ -78,7 +78,7 @@ pub struct SlotFire {
 pub enum SlotFired {
     /// The slot was this fire's: the run was created (or, with a key used before,
     /// found) and the fire recorded.
-    Fired { run: Run, created: bool },
+    Fired { run: Box<Run>, created: bool },
     /// Another fire (another replica's scheduler) handled the slot already.
     Taken,
     /// The fence's lease is no longer held at its epoch: nothing was written.

@@ -278,7 +278,7 @@ pub(super) async fn fire_slot(s: &PostgresStore, f: &SlotFire) -> Result<SlotFir
     .await?;
     tx.commit().await?;
     Ok(SlotFired::Fired {
-        run: created.run,
+        run: Box::new(created.run),
         created: created.created,
     })
 }

@@ -276,7 +276,7 @@ pub(super) fn fire_slot(s: &SqliteStore, f: &SlotFire) -> BoxFuture<'static, Res
         )?;
         tx.commit()?;
         Ok(SlotFired::Fired {
-            run: created.run,
+            run: Box::new(created.run),
             created: created.created,
         })
     })
