@@ -163,3 +163,63 @@ pub fn spawn(manager: Arc<Manager>) -> HaHandle {
     });
     HaHandle { stop, task }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::config::ConfigFile;
+
+    #[test]
+    fn the_ha_keys_parse_and_unknown_ones_are_refused() {
+        let file: ConfigFile = serde_yaml::from_str(
+            "ha:\n  replica_id: pod-a\n  run_lease: 10s\n  leader_lease: 3s\n",
+        )
+        .expect("parses");
+        assert_eq!(file.ha.replica_id.as_deref(), Some("pod-a"));
+        assert_eq!(
+            file.ha.run_lease.map(|d| d.0),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            file.ha.leader_lease.map(|d| d.0),
+            Some(Duration::from_secs(3))
+        );
+        // What agents/controller.yaml on main writes.
+        let file: ConfigFile = serde_yaml::from_str("ha:\n  run_lease: 15s\n").expect("parses");
+        assert_eq!(file.ha.replica_id, None);
+        let e = serde_yaml::from_str::<ConfigFile>("ha:\n  lease: 15s\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field `lease`"), "{e}");
+        let none: ConfigFile = serde_yaml::from_str("listen: 127.0.0.1:0\n").expect("parses");
+        assert_eq!(none.ha.run_lease, None);
+    }
+
+    #[test]
+    fn defaults_state_the_handover_and_short_leases_are_refused() {
+        let d = HaSettings::default();
+        assert_eq!(d.run_lease, Duration::from_secs(15));
+        assert_eq!(d.leader_lease, Duration::from_secs(15));
+        assert_eq!(d.handover(), Duration::from_secs(20));
+        assert_eq!(d.tick(), Duration::from_secs(1));
+        assert_eq!(d.sweep_every(), Duration::from_millis(500));
+        assert!(d.replica_id.ends_with(&format!("-{}", std::process::id())));
+        assert!(d.check().is_ok());
+        let short = HaSettings {
+            run_lease: Duration::from_millis(3_000),
+            leader_lease: Duration::from_millis(2_000),
+            ..d.clone()
+        };
+        assert_eq!(short.tick(), Duration::from_secs(1));
+        assert_eq!(short.sweep_every(), Duration::from_millis(500));
+        assert_eq!(short.handover().as_millis(), 2_666);
+        let bad = HaSettings {
+            run_lease: Duration::from_millis(100),
+            ..d.clone()
+        };
+        assert!(bad.check().unwrap_err().contains("ha.run_lease"));
+        let empty = HaSettings {
+            replica_id: " ".to_owned(),
+            ..d
+        };
+        assert!(empty.check().is_err());
+    }
+}

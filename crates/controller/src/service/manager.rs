@@ -747,6 +747,34 @@ impl Manager {
             self.end_queued(id, reason).await;
         }
         ids.extend(queued);
+        // Runs of the schedule another replica holds (a leader that lost the lease
+        // while its run went on): their owners abort them at their next tick.
+        let elsewhere = self
+            .store
+            .list_runs(&RunQuery {
+                statuses: vec![RunStatus::Queued, RunStatus::Running],
+                schedule_id: Some(schedule_id.to_owned()),
+                limit: MAX_LIMIT,
+                ..RunQuery::default()
+            })
+            .await;
+        match elsewhere {
+            Ok(runs) => {
+                let remote: Vec<Run> = runs.into_iter().filter(|r| !ids.contains(&r.id)).collect();
+                for r in remote {
+                    match self.store.request_abort(&r.id, reason).await {
+                        Ok(true) => ids.push(r.id),
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::warn!(run = %r.id, error = %e, "cannot ask for the abort")
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(schedule = %schedule_id, error = %e, "cannot list the schedule's runs")
+            }
+        }
         ids
     }
 
