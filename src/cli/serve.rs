@@ -40,6 +40,22 @@ pub struct ServeArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, value_name = "F", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    // === replicas (HA) ===
+    /// This replica's id, unique among the replicas on one store (config
+    /// `ha.replica_id`) [default: HOSTNAME-PID].
+    #[arg(long, value_name = "ID")]
+    replica_id: Option<String>,
+    /// How long a run stays this replica's without a renewal; a survivor marks a
+    /// dead replica's runs aborted once it lapses (config `ha.run_lease`)
+    /// [default: 15s].
+    #[arg(long, value_name = "DUR")]
+    run_lease: Option<faultline_spec::units::Duration>,
+    /// How long the scheduler's leadership lasts without a renewal; a dead leader is
+    /// replaced within this plus a third of it (config `ha.leader_lease`)
+    /// [default: 15s].
+    #[arg(long, value_name = "DUR")]
+    leader_lease: Option<faultline_spec::units::Duration>,
+    // === end replicas (HA) ===
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
@@ -82,6 +98,24 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
         (None, None) => None,
         _ => bail!("TLS needs both a certificate and a key (tls_cert and tls_key)"),
     };
+    // === replicas (HA) ===
+    if let Some(id) = args
+        .replica_id
+        .clone()
+        .or_else(|| file.ha.replica_id.clone())
+    {
+        config.ha.replica_id = id;
+    }
+    if let Some(d) = args.run_lease.or(file.ha.run_lease) {
+        config.ha.run_lease = d.0;
+    }
+    if let Some(d) = args.leader_lease.or(file.ha.leader_lease) {
+        config.ha.leader_lease = d.0;
+    }
+    if let Err(e) = config.ha.check() {
+        bail!("{e}");
+    }
+    // === end replicas (HA) ===
     if config.tokens.is_empty() && !config.listen.ip().is_loopback() {
         bail!(
             "refusing to listen on {} without API tokens: add `tokens` to --config, or listen on 127.0.0.1",

@@ -6,6 +6,7 @@ mod cli;
 mod demo;
 mod deploy;
 mod guardian;
+mod ha;
 mod llm;
 mod run;
 mod serve;

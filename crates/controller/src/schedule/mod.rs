@@ -44,8 +44,8 @@ use faultline_spec::units::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use runner::{
-    FireAction, FireRecorded, ScheduleFire, Scheduler, SchedulerHandle, Trigger, TriggerError,
-    trigger_fn,
+    FireAction, FireRecorded, Leadership, ScheduleFire, Scheduler, SchedulerHandle, Trigger,
+    TriggerError, trigger_fn,
 };
 
 /// How long after its slot a fire still counts as on time; later, it was missed.

@@ -45,7 +45,26 @@ pub struct ConfigFile {
     /// PEM certificate chain and key: serve HTTPS (rustls) instead of HTTP.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    // === replicas (HA) ===
+    /// Several replicas on one PostgreSQL store.
+    #[serde(default)]
+    pub ha: HaConfig,
+    // === end replicas (HA) ===
 }
+
+// === replicas (HA) ===
+/// `ha:` in the service config: `{replica_id, run_lease, leader_lease}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaConfig {
+    /// Unique per replica [default: HOSTNAME-PID].
+    pub replica_id: Option<String>,
+    /// How long a run stays its replica's without a renewal [default: 15s].
+    pub run_lease: Option<faultline_spec::units::Duration>,
+    /// How long the scheduler's leadership lasts without a renewal [default: 15s].
+    pub leader_lease: Option<faultline_spec::units::Duration>,
+}
+// === end replicas (HA) ===
 
 impl ConfigFile {
     pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
@@ -183,6 +202,10 @@ pub struct ServiceConfig {
     pub shutdown_grace: Duration,
     /// PEM certificate chain and key: HTTPS (rustls, ring) instead of HTTP.
     pub tls: Option<(PathBuf, PathBuf)>,
+    // === replicas (HA) ===
+    /// This replica's id and leases.
+    pub ha: super::ha::HaSettings,
+    // === end replicas (HA) ===
 }
 
 impl ServiceConfig {
@@ -199,6 +222,7 @@ impl ServiceConfig {
             tuning: RunTuning::default(),
             shutdown_grace: Duration::from_secs(30),
             tls: None,
+            ha: super::ha::HaSettings::default(),
         }
     }
 }

@@ -10,6 +10,17 @@
 //! that wants one of its agents. A schedule counts as a resource too, so a run a
 //! schedule queues (`overlap: queue | replace`) waits for the schedule's previous
 //! run whatever agents the two picked.
+//!
+//! Several replicas on one store: every run this manager creates is owned by its
+//! replica with a run lease ([`HaSettings::run_lease`]), claimed when it starts
+//! ([`RunStore::claim_run`]) and renewed by [`Manager::tick_leases`] while it is
+//! in flight. A run the store no longer gives this replica (a survivor swept it
+//! after a stall longer than the lease) is aborted here too, and an abort another
+//! replica asked for is carried out at the next tick. A run of another replica is
+//! aborted by leaving it a request ([`RunStore::request_abort`]); `halt` asks every
+//! replica's runs to abort and halts every agent. Agent exclusivity (two runs never
+//! on one agent) is per replica: runs submitted to different replicas are not
+//! checked against each other.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -22,15 +33,17 @@ use serde_json::{Value, json};
 use tokio::sync::{Mutex, Notify, broadcast, mpsc};
 
 use super::config::{AllowList, ConcurrencyPolicy, RunTuning};
+use super::ha::HaSettings;
 use super::metrics::Metrics;
 use super::policy;
 use crate::client::BoxFuture;
 use crate::connect::{AgentHalt, ConnectError, Connector};
 use crate::engine::{self, Abort, RunOptions};
 use crate::journal::{self, Journal};
+use crate::schedule::ScheduleFire;
 use crate::store::{
-    MAX_LIMIT, NewAudit, NewRun, Run, RunEvent, RunFinish, RunQuery, RunStatus, RunStore,
-    StoreError,
+    CreatedRun, MAX_LIMIT, NewAudit, NewRun, Run, RunEvent, RunFinish, RunOwner, RunQuery,
+    RunStatus, RunStore, SlotBy, SlotFire, SlotFired, StoreError,
 };
 
 /// The file name diagnostics of experiments from the API carry.
@@ -144,6 +157,7 @@ pub struct Manager {
     state: Mutex<State>,
     idle: Notify,
     pub metrics: Metrics,
+    ha: HaSettings,
 }
 
 impl std::fmt::Debug for Manager {
@@ -163,6 +177,25 @@ impl Manager {
         allow: AllowList,
         tuning: RunTuning,
     ) -> Arc<Self> {
+        Self::with_ha(
+            store,
+            connector,
+            policy,
+            allow,
+            tuning,
+            HaSettings::default(),
+        )
+    }
+
+    /// [`Manager::new`] for a replica with these settings.
+    pub fn with_ha(
+        store: Arc<dyn RunStore>,
+        connector: Arc<Connector>,
+        policy: ConcurrencyPolicy,
+        allow: AllowList,
+        tuning: RunTuning,
+        ha: HaSettings,
+    ) -> Arc<Self> {
         let (live, _) = broadcast::channel(LIVE_CAPACITY);
         Arc::new(Manager {
             store,
@@ -174,7 +207,26 @@ impl Manager {
             state: Mutex::new(State::default()),
             idle: Notify::new(),
             metrics: Metrics::default(),
+            ha,
         })
+    }
+
+    /// This replica's settings (its id, its run lease).
+    pub fn ha(&self) -> &HaSettings {
+        &self.ha
+    }
+
+    fn owner(&self) -> RunOwner {
+        RunOwner {
+            replica: self.ha.replica_id.clone(),
+            lease: self.ha.run_lease,
+        }
+    }
+
+    /// True when this replica runs or queues the run (its events come live).
+    pub async fn is_local(&self, id: &str) -> bool {
+        let st = self.state.lock().await;
+        st.running.contains_key(id) || st.queue.iter().any(|p| p.run_id == id)
     }
 
     pub fn store(&self) -> &Arc<dyn RunStore> {
@@ -262,6 +314,28 @@ impl Manager {
         p: Prepared,
         req: Submit,
     ) -> Result<Submitted, ManagerError> {
+        self.submit_with(p, req, None).await
+    }
+
+    /// [`Manager::submit`] for a schedule's fire: the slot is claimed, the run
+    /// created and the fire recorded in one store transaction
+    /// ([`RunStore::fire_slot`]); a slot another replica handled already is a
+    /// [`ManagerError::Conflict`] and creates nothing.
+    pub async fn submit_fire(
+        self: &Arc<Self>,
+        p: Prepared,
+        req: Submit,
+        fire: &ScheduleFire,
+    ) -> Result<Submitted, ManagerError> {
+        self.submit_with(p, req, Some(fire)).await
+    }
+
+    async fn submit_with(
+        self: &Arc<Self>,
+        p: Prepared,
+        req: Submit,
+        fire: Option<&ScheduleFire>,
+    ) -> Result<Submitted, ManagerError> {
         let seed: u64 = rand::random();
         let agents = self.admit(&p, seed)?;
         let mut resources: Vec<String> = agents.iter().map(|a| format!("agent:{a}")).collect();
@@ -312,7 +386,43 @@ impl Manager {
             }
             return Err(ManagerError::Busy { agents, runs });
         }
-        let created = self.store.create_run(&new).await?;
+        let created = match fire {
+            None => self.store.create_owned_run(&new, &self.owner()).await?,
+            Some(f) => {
+                let claim = SlotFire {
+                    schedule_id: f.schedule_id.clone(),
+                    slot: f.slot,
+                    next_fire_at: f.next_fire_at,
+                    action: f.action,
+                    catch_up: f.catch_up,
+                    missed: f.missed,
+                    run: new.clone(),
+                    owner: self.owner(),
+                    by: SlotBy {
+                        replica: self.ha.replica_id.clone(),
+                        fence: f.fence.clone(),
+                    },
+                };
+                match self.store.fire_slot(&claim).await? {
+                    SlotFired::Fired { run, created } => CreatedRun { run: *run, created },
+                    SlotFired::Taken => {
+                        return Err(ManagerError::Conflict(format!(
+                            "slot {} of schedule {} was handled already (by another replica)",
+                            f.slot.to_rfc3339(),
+                            f.schedule_id
+                        )));
+                    }
+                    SlotFired::Fenced => {
+                        return Err(ManagerError::Conflict(format!(
+                            "replica {} no longer holds the scheduler lease at epoch {}; slot {} left to the leader",
+                            self.ha.replica_id,
+                            f.fence.as_ref().map_or(0, |x| x.epoch),
+                            f.slot.to_rfc3339()
+                        )));
+                    }
+                }
+            }
+        };
         if !created.created {
             return Ok(Submitted {
                 run: created.run,
@@ -380,7 +490,15 @@ impl Manager {
                     continue;
                 }
                 let Some(p) = st.queue.remove(i) else { break };
-                if let Err(e) = self.store.mark_running(&p.run_id).await {
+                let claimed = match self.store.claim_run(&p.run_id, &self.owner()).await {
+                    Ok(Some(_)) => Ok(()),
+                    Ok(None) => Err(format!(
+                        "run {} is no longer queued for replica {}",
+                        p.run_id, self.ha.replica_id
+                    )),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(e) = claimed {
                     tracing::error!(run = %p.run_id, error = %e, "cannot mark the run running");
                     let reason = format!("the controller could not start the run: {e}");
                     self.finish(
@@ -544,6 +662,25 @@ impl Manager {
             }
         } else {
             drop(st);
+            // Another replica's run: leave its owner the request.
+            if self.store.request_abort(id, &reason).await? {
+                let owner = self.store.run_lease(id).await?.and_then(|l| l.owner);
+                self.audit(
+                    actor,
+                    "run.abort",
+                    id,
+                    json!({ "reason": reason, "owner": owner, "via": self.ha.replica_id }),
+                )
+                .await;
+                return self
+                    .store
+                    .get_run(id)
+                    .await?
+                    .ok_or_else(|| ManagerError::NotFound {
+                        kind: "run",
+                        id: id.to_owned(),
+                    });
+            }
             return match self.store.get_run(id).await? {
                 None => Err(ManagerError::NotFound {
                     kind: "run",
@@ -610,6 +747,34 @@ impl Manager {
             self.end_queued(id, reason).await;
         }
         ids.extend(queued);
+        // Runs of the schedule another replica holds (a leader that lost the lease
+        // while its run went on): their owners abort them at their next tick.
+        let elsewhere = self
+            .store
+            .list_runs(&RunQuery {
+                statuses: vec![RunStatus::Queued, RunStatus::Running],
+                schedule_id: Some(schedule_id.to_owned()),
+                limit: MAX_LIMIT,
+                ..RunQuery::default()
+            })
+            .await;
+        match elsewhere {
+            Ok(runs) => {
+                let remote: Vec<Run> = runs.into_iter().filter(|r| !ids.contains(&r.id)).collect();
+                for r in remote {
+                    match self.store.request_abort(&r.id, reason).await {
+                        Ok(true) => ids.push(r.id),
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::warn!(run = %r.id, error = %e, "cannot ask for the abort")
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(schedule = %schedule_id, error = %e, "cannot list the schedule's runs")
+            }
+        }
         ids
     }
 
@@ -617,7 +782,20 @@ impl Manager {
     pub async fn halt(&self, actor: &str) -> HaltOutcome {
         self.metrics.halts.inc();
         let reason = format!("halted by {actor}");
-        let aborted = self.abort_everything(&reason).await;
+        let mut aborted = self.abort_everything(&reason).await;
+        // Other replicas' runs: their owners abort them at their next tick.
+        match self
+            .store
+            .request_abort_all(&reason, &self.ha.replica_id)
+            .await
+        {
+            Ok(ids) => aborted.extend(ids),
+            Err(e) => {
+                tracing::error!(error = %e, "halt: cannot ask the other replicas' runs to abort")
+            }
+        }
+        aborted.sort();
+        aborted.dedup();
         let agents = self.connector.halt_all().await;
         self.audit(
             actor,
@@ -676,6 +854,79 @@ impl Manager {
                 tracing::error!(fault = %f.id, reason = %f.reason, "shutdown: could NOT revert");
             }
         }
+    }
+
+    /// One lease tick: renews the run lease of every run this replica has in flight,
+    /// carries out aborts other replicas asked for, aborts what the store no longer
+    /// gives this replica, and ends runs the store says this replica owns that it
+    /// does not hold (left by an earlier process with the same id).
+    pub async fn tick_leases(&self) -> Result<(), StoreError> {
+        let mut st = self.state.lock().await;
+        // Under the state lock: no run is created or dropped between the renewal and
+        // the comparison with what this replica holds.
+        let owned = self.store.renew_runs(&self.owner()).await?;
+        let mut requested: Vec<(String, String)> = Vec::new();
+        let mut orphans: Vec<String> = Vec::new();
+        for o in &owned {
+            let local = st.running.contains_key(&o.id) || st.queue.iter().any(|p| p.run_id == o.id);
+            if !local {
+                orphans.push(o.id.clone());
+            } else if let Some(reason) = &o.abort_requested {
+                requested.push((o.id.clone(), reason.clone()));
+            }
+        }
+        let lost_reason = format!(
+            "replica {} lost this run's lease (a survivor marked it aborted); reverting",
+            self.ha.replica_id
+        );
+        for (id, a) in &st.running {
+            if !owned.iter().any(|o| &o.id == id) {
+                tracing::error!(run = %id, "run lease lost; aborting the run here");
+                a.abort.trigger(lost_reason.clone());
+            }
+        }
+        let mut ended: Vec<(String, String)> = Vec::new();
+        st.queue.retain(|p| {
+            if !owned.iter().any(|o| o.id == p.run_id) {
+                tracing::error!(run = %p.run_id, "queued run's lease lost; dropped");
+                return false;
+            }
+            if let Some((_, reason)) = requested.iter().find(|(id, _)| *id == p.run_id) {
+                ended.push((p.run_id.clone(), reason.clone()));
+                return false;
+            }
+            true
+        });
+        for (id, reason) in &requested {
+            if let Some(a) = st.running.get(id) {
+                tracing::info!(run = %id, %reason, "abort requested through the store");
+                a.abort.trigger(reason.clone());
+            }
+        }
+        self.gauges(&st);
+        drop(st);
+        for (id, reason) in ended {
+            self.end_queued(&id, &reason).await;
+        }
+        for id in orphans {
+            tracing::warn!(run = %id, "the store has a run of this replica it does not hold; marking it aborted");
+            let reason = format!(
+                "replica {} restarted while this run was in flight; its faults lapsed with their leases",
+                self.ha.replica_id
+            );
+            self.finish(
+                &id,
+                &RunFinish {
+                    status: RunStatus::Aborted,
+                    exit_code: Some(3),
+                    summary: json!({ "status": "aborted", "exit_code": 3, "reason": reason }),
+                    journal: None,
+                    reason: Some(reason.clone()),
+                },
+            )
+            .await;
+        }
+        Ok(())
     }
 
     /// Records an audit entry; a failure is logged, not fatal to the action.

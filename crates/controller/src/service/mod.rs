@@ -6,15 +6,21 @@
 //! this host (`policy.rs`), the game-day scheduler, and the game-day dashboard
 //! (`ui.rs`: static pages at `/` that use the same API with the same tokens).
 //!
-//! A start marks every run the store still calls queued or running as aborted
-//! (their controller is gone; the agents revert their faults when the leases
-//! lapse, and the in-process agent's journal is replayed now), so no run stays
-//! `running` forever.
+//! No run stays `running` past the process that owned it. On SQLite (one host) a
+//! start marks every run the store still calls queued or running as aborted (their
+//! controller is gone; the agents revert their faults when the leases lapse, and
+//! the in-process agent's journal is replayed now). On PostgreSQL several replicas
+//! may share the store (`ha.rs`): a start aborts only the runs this replica id
+//! owned before, runs nobody owns and runs whose lease expired, and while it runs
+//! every replica sweeps runs whose owner stopped renewing their lease.
 
 mod agents;
 pub mod api;
 pub mod auth;
 pub mod config;
+// === replicas (HA) ===
+pub mod ha;
+// === end replicas (HA) ===
 pub mod manager;
 mod metrics;
 pub mod policy;
@@ -65,6 +71,10 @@ pub enum ServiceError {
     Server(String),
     #[error("TLS: {0}")]
     Tls(String),
+    // === replicas (HA) ===
+    #[error("{0}")]
+    Ha(String),
+    // === end replicas (HA) ===
 }
 
 /// The running service.
@@ -73,6 +83,9 @@ pub struct Service {
     local_addr: SocketAddr,
     manager: Arc<Manager>,
     scheduler: Option<SchedulerHandle>,
+    // === replicas (HA) ===
+    leases: Option<ha::HaHandle>,
+    // === end replicas (HA) ===
     server: Option<JoinHandle<std::io::Result<()>>>,
     stop: watch::Sender<bool>,
     grace: Duration,
@@ -95,8 +108,19 @@ pub async fn start(config: ServiceConfig) -> Result<Service, ServiceError> {
         }
         None => None,
     };
+    config.ha.check().map_err(ServiceError::Ha)?;
     let store = store::open(&config.db).await?;
-    let recovered = store.abort_in_flight(RESTART_REASON).await?;
+    // === replicas (HA) ===
+    // SQLite is one host: whatever is in flight was a previous process's. A shared
+    // store: only what this replica owned, nobody owns, or nobody renews.
+    let recovered = if store.backend() == "sqlite" {
+        store.abort_in_flight(RESTART_REASON).await?
+    } else {
+        store
+            .abort_replica_in_flight(&config.ha.replica_id, RESTART_REASON)
+            .await?
+    };
+    // === end replicas (HA) ===
     for id in &recovered {
         tracing::warn!(run = %id, "run was in flight when the previous controller stopped; marked aborted");
         let entry = store::NewAudit {
@@ -114,14 +138,21 @@ pub async fn start(config: ServiceConfig) -> Result<Service, ServiceError> {
     // Now, not at the first run: what a killed controller left on this host is
     // reverted at start.
     connector.local().await?;
-    let manager = Manager::new(
+    let manager = Manager::with_ha(
         Arc::clone(&store),
         connector,
         config.concurrency,
         config.allow.clone(),
         config.tuning,
+        config.ha.clone(),
     );
-    let scheduler = Scheduler::new(Arc::clone(&store), trigger(&manager)).spawn();
+    // === replicas (HA) ===
+    let leases = ha::spawn(Arc::clone(&manager));
+    let scheduler = Scheduler::new(Arc::clone(&store), trigger(&manager))
+        .with_leadership(config.ha.leadership())
+        .spawn();
+    tracing::info!(replica = %config.ha.replica_id, handover = ?config.ha.handover(), "replica started");
+    // === end replicas (HA) ===
 
     let (router, openapi) = api::routes();
     let openapi_text = openapi
@@ -179,6 +210,7 @@ pub async fn start(config: ServiceConfig) -> Result<Service, ServiceError> {
         local_addr,
         manager,
         scheduler: Some(scheduler),
+        leases: Some(leases),
         server: Some(server),
         stop,
         grace: config.shutdown_grace,
@@ -218,6 +250,10 @@ impl Service {
             s.shutdown().await;
         }
         self.manager.shutdown(self.grace).await;
+        // After the runs ended: their leases are renewed while they revert.
+        if let Some(l) = self.leases.take() {
+            l.shutdown().await;
+        }
         let _ = self.stop.send(true);
         if let Some(mut server) = self.server.take() {
             match tokio::time::timeout(Duration::from_secs(5), &mut server).await {
@@ -262,8 +298,10 @@ fn trigger(manager: &Arc<Manager>) -> crate::schedule::Trigger {
                         .await;
                 }
             }
+            // Claims the slot, creates the run and records the fire in one
+            // transaction: a slot another replica fired is refused here.
             let sub = manager
-                .submit(
+                .submit_fire(
                     prepared,
                     manager::Submit {
                         requested_by: SCHEDULER_ACTOR.to_owned(),
@@ -271,6 +309,7 @@ fn trigger(manager: &Arc<Manager>) -> crate::schedule::Trigger {
                         schedule_id: Some(fire.schedule_id.clone()),
                         queue: fire.action != FireAction::Start,
                     },
+                    &fire,
                 )
                 .await
                 .map_err(|e| TriggerError(e.to_string()))?;

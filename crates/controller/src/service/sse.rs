@@ -3,6 +3,11 @@
 //! `end` event once the run's final status is stored. The store is the source of
 //! truth: a gap in the live feed (a slow client lagging, a reconnect) is filled
 //! from it, so a client sees every event once, in order.
+//!
+//! A run another replica owns sends this replica no live events: its stream polls
+//! the store ([`REMOTE_POLL`]) for events the owner appends and for the run's end.
+//! A local run's stream polls too, rarely ([`LOCAL_POLL`]), so a run handed over
+//! (swept by this replica after its owner died) still ends its streams.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -15,6 +20,11 @@ use tokio::sync::{broadcast, watch};
 use super::api::{RecvError, SseItem, is_final, sse_event};
 use super::manager::{Live, Manager};
 use crate::store::RunEvent;
+
+/// How often a stream of another replica's run reads the store.
+pub(crate) const REMOTE_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+/// How often a stream of this replica's run reads the store anyway.
+pub(crate) const LOCAL_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
 struct Cursor {
     manager: Arc<Manager>,
@@ -81,7 +91,19 @@ impl Cursor {
             if *self.stop.borrow() {
                 return None;
             }
+            let poll = if self.manager.is_local(&self.id).await {
+                LOCAL_POLL
+            } else {
+                REMOTE_POLL
+            };
             tokio::select! {
+                () = tokio::time::sleep(poll) => {
+                    self.catch_up().await?;
+                    if self.is_over().await? {
+                        self.catch_up().await?;
+                        self.done = true;
+                    }
+                }
                 msg = self.live.recv() => match msg {
                     Ok(Live::Event(e)) if e.run_id == self.id => {
                         if e.seq == self.last + 1 {

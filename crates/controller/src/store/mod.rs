@@ -20,6 +20,13 @@
 
 mod postgres;
 mod sqlite;
+// === replicas (HA) ===
+mod ha;
+pub use ha::{
+    Fence, LeaseGrant, OwnedRun, Replica, RunLease, RunOwner, SCHEDULER_LEASE, SlotBy, SlotFire,
+    SlotFired, SweptRun, swept_reason,
+};
+// === end replicas (HA) ===
 
 use std::fmt;
 use std::str::FromStr;
@@ -475,6 +482,84 @@ pub trait RunStore: Send + Sync + fmt::Debug {
     fn append_audit<'a>(&'a self, entry: &'a NewAudit) -> BoxFuture<'a, Result<AuditEntry>>;
     /// Newest first.
     fn list_audit<'a>(&'a self, query: &'a AuditQuery) -> BoxFuture<'a, Result<Vec<AuditEntry>>>;
+
+    // === replicas (HA) ===
+
+    /// Records that `replica` is alive (inserts its row, or stamps `last_seen`).
+    fn heartbeat_replica<'a>(
+        &'a self,
+        replica: &'a str,
+        version: &'a str,
+    ) -> BoxFuture<'a, Result<Replica>>;
+    /// Every replica that ever heartbeated, by id.
+    fn list_replicas(&self) -> BoxFuture<'_, Result<Vec<Replica>>>;
+    /// Takes lease `name` for `holder` when it is free or expired, or renews it when
+    /// `holder` has it, for `ttl` from now: one conditional UPDATE. `None`: another
+    /// holder's lease is live. The epoch changes whenever the holder does.
+    fn acquire_lease<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+        ttl: std::time::Duration,
+    ) -> BoxFuture<'a, Result<Option<LeaseGrant>>>;
+    /// Lets lease `name` expire now if `holder` has it (a clean shutdown hands over
+    /// at once); false when it did not.
+    fn release_lease<'a>(&'a self, name: &'a str, holder: &'a str) -> BoxFuture<'a, Result<bool>>;
+    /// [`RunStore::create_run`], with the run owned by `owner` and its run lease
+    /// starting now.
+    fn create_owned_run<'a>(
+        &'a self,
+        new: &'a NewRun,
+        owner: &'a RunOwner,
+    ) -> BoxFuture<'a, Result<CreatedRun>>;
+    /// One transaction: claims `(schedule_id, slot)` (unique), creates the owned run
+    /// and records the fire (`last_fired_at`, `next_fire_at`, a `schedule.fire`
+    /// audit entry). A slot someone already handled answers [`SlotFired::Taken`] and
+    /// writes nothing, so two schedulers never fire one slot twice.
+    fn fire_slot<'a>(&'a self, fire: &'a SlotFire) -> BoxFuture<'a, Result<SlotFired>>;
+    /// [`RunStore::record_fired`] that claims the slot first: false (nothing
+    /// written) when the slot was handled already.
+    fn record_slot<'a>(
+        &'a self,
+        id: &'a str,
+        fire: &'a FireRecord,
+        by: &'a SlotBy,
+    ) -> BoxFuture<'a, Result<bool>>;
+    /// `queued` -> `running` for the owner: the row is taken with `FOR UPDATE SKIP
+    /// LOCKED` on PostgreSQL, only while it is unowned, `owner`'s or its lease
+    /// expired; sets the owner and a fresh lease. `None`: not claimable now.
+    fn claim_run<'a>(
+        &'a self,
+        id: &'a str,
+        owner: &'a RunOwner,
+    ) -> BoxFuture<'a, Result<Option<Run>>>;
+    /// Renews the lease of every run in flight `owner` has; answers them, with any
+    /// abort another replica requested.
+    fn renew_runs<'a>(&'a self, owner: &'a RunOwner) -> BoxFuture<'a, Result<Vec<OwnedRun>>>;
+    /// A run's owner, lease and pending abort request.
+    fn run_lease<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<RunLease>>>;
+    /// Asks the owner of a run in flight to abort it (it sees the request at its next
+    /// renewal). False when the run is not in flight.
+    fn request_abort<'a>(&'a self, id: &'a str, reason: &'a str) -> BoxFuture<'a, Result<bool>>;
+    /// Asks every run in flight not owned by `except` to abort; answers their ids.
+    fn request_abort_all<'a>(
+        &'a self,
+        reason: &'a str,
+        except: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>>>;
+    /// Marks every run in flight whose lease expired `aborted` (the reason names the
+    /// lost owner), with an `aborted` event and a `run.abort` audit entry by `actor`,
+    /// in one transaction.
+    fn sweep_expired_runs<'a>(&'a self, actor: &'a str) -> BoxFuture<'a, Result<Vec<SweptRun>>>;
+    /// [`RunStore::abort_in_flight`] for a replica that starts: only runs it owned
+    /// before, runs nobody owns, and runs whose lease expired; the other replicas'
+    /// live runs are left alone.
+    fn abort_replica_in_flight<'a>(
+        &'a self,
+        replica: &'a str,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>>>;
+    // === end replicas (HA) ===
 }
 
 // === shared helpers ===

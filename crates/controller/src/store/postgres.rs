@@ -13,16 +13,21 @@ use tokio_postgres::{Client, Config, GenericClient, NoTls, Row};
 
 use super::*;
 
+// === replicas (HA) ===
+mod ha;
+// === end replicas (HA) ===
+
 /// The advisory lock key migrations hold (`faultlin` in ASCII).
 const MIGRATION_LOCK: i64 = 0x6661_756c_746c_696e;
 
 /// Connections one store opens at most.
 pub const POOL_SIZE: usize = 8;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "initial",
-    r#"
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        r#"
 CREATE TABLE experiments (
     ord         BIGINT GENERATED ALWAYS AS IDENTITY,
     id          TEXT PRIMARY KEY,
@@ -91,7 +96,11 @@ CREATE TABLE audit_log (
 );
 CREATE INDEX audit_target ON audit_log (target, id);
 "#,
-)];
+    ),
+    // === replicas (HA) ===
+    ha::MIGRATION,
+    // === end replicas (HA) ===
+];
 
 const RUN_COLS: &str = "id, experiment_id, experiment_name, yaml, status, exit_code, summary, \
     journal, reason, requested_by, idempotency_key, schedule_id, created_at, started_at, finished_at";
@@ -894,4 +903,92 @@ impl RunStore for PostgresStore {
             .await
         })
     }
+    // === replicas (HA) ===
+
+    fn heartbeat_replica<'a>(
+        &'a self,
+        replica: &'a str,
+        version: &'a str,
+    ) -> BoxFuture<'a, Result<Replica>> {
+        Box::pin(ha::heartbeat(self, replica, version))
+    }
+
+    fn list_replicas(&self) -> BoxFuture<'_, Result<Vec<Replica>>> {
+        Box::pin(ha::list_replicas(self))
+    }
+
+    fn acquire_lease<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+        ttl: std::time::Duration,
+    ) -> BoxFuture<'a, Result<Option<LeaseGrant>>> {
+        Box::pin(ha::acquire_lease(self, name, holder, ttl))
+    }
+
+    fn release_lease<'a>(&'a self, name: &'a str, holder: &'a str) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(ha::release_lease(self, name, holder))
+    }
+
+    fn create_owned_run<'a>(
+        &'a self,
+        new: &'a NewRun,
+        owner: &'a RunOwner,
+    ) -> BoxFuture<'a, Result<CreatedRun>> {
+        Box::pin(ha::create_owned_run(self, new, owner))
+    }
+
+    fn fire_slot<'a>(&'a self, fire: &'a SlotFire) -> BoxFuture<'a, Result<SlotFired>> {
+        Box::pin(ha::fire_slot(self, fire))
+    }
+
+    fn record_slot<'a>(
+        &'a self,
+        id: &'a str,
+        fire: &'a FireRecord,
+        by: &'a SlotBy,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(ha::record_slot(self, id, fire, by))
+    }
+
+    fn claim_run<'a>(
+        &'a self,
+        id: &'a str,
+        owner: &'a RunOwner,
+    ) -> BoxFuture<'a, Result<Option<Run>>> {
+        Box::pin(ha::claim_run(self, id, owner))
+    }
+
+    fn renew_runs<'a>(&'a self, owner: &'a RunOwner) -> BoxFuture<'a, Result<Vec<OwnedRun>>> {
+        Box::pin(ha::renew_runs(self, owner))
+    }
+
+    fn run_lease<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<RunLease>>> {
+        Box::pin(ha::run_lease(self, id))
+    }
+
+    fn request_abort<'a>(&'a self, id: &'a str, reason: &'a str) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(ha::request_abort(self, id, reason))
+    }
+
+    fn request_abort_all<'a>(
+        &'a self,
+        reason: &'a str,
+        except: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>>> {
+        Box::pin(ha::request_abort_all(self, reason, except))
+    }
+
+    fn sweep_expired_runs<'a>(&'a self, actor: &'a str) -> BoxFuture<'a, Result<Vec<SweptRun>>> {
+        Box::pin(ha::sweep_expired_runs(self, actor))
+    }
+
+    fn abort_replica_in_flight<'a>(
+        &'a self,
+        replica: &'a str,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>>> {
+        Box::pin(ha::abort_replica_in_flight(self, replica, reason))
+    }
+    // === end replicas (HA) ===
 }

@@ -13,11 +13,16 @@ use serde_json::Value;
 
 use super::*;
 
+// === replicas (HA) ===
+mod ha;
+// === end replicas (HA) ===
+
 /// Each migration: (version, name, SQL). Append only; never edit an applied one.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "initial",
-    r#"
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        r#"
 CREATE TABLE experiments (
     ord         INTEGER PRIMARY KEY,
     id          TEXT NOT NULL UNIQUE,
@@ -84,7 +89,11 @@ CREATE TABLE audit_log (
 );
 CREATE INDEX audit_target ON audit_log (target, id);
 "#,
-)];
+    ),
+    // === replicas (HA) ===
+    ha::MIGRATION,
+    // === end replicas (HA) ===
+];
 
 const RUN_COLS: &str = "id, experiment_id, experiment_name, yaml, status, exit_code, summary, \
     journal, reason, requested_by, idempotency_key, schedule_id, created_at, started_at, finished_at";
@@ -788,4 +797,93 @@ impl RunStore for SqliteStore {
             )
         })
     }
+
+    // === replicas (HA) ===
+
+    fn heartbeat_replica<'a>(
+        &'a self,
+        replica: &'a str,
+        version: &'a str,
+    ) -> BoxFuture<'a, Result<Replica>> {
+        ha::heartbeat(self, replica, version)
+    }
+
+    fn list_replicas(&self) -> BoxFuture<'_, Result<Vec<Replica>>> {
+        ha::list_replicas(self)
+    }
+
+    fn acquire_lease<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+        ttl: std::time::Duration,
+    ) -> BoxFuture<'a, Result<Option<LeaseGrant>>> {
+        ha::acquire_lease(self, name, holder, ttl)
+    }
+
+    fn release_lease<'a>(&'a self, name: &'a str, holder: &'a str) -> BoxFuture<'a, Result<bool>> {
+        ha::release_lease(self, name, holder)
+    }
+
+    fn create_owned_run<'a>(
+        &'a self,
+        new: &'a NewRun,
+        owner: &'a RunOwner,
+    ) -> BoxFuture<'a, Result<CreatedRun>> {
+        ha::create_owned_run(self, new, owner)
+    }
+
+    fn fire_slot<'a>(&'a self, fire: &'a SlotFire) -> BoxFuture<'a, Result<SlotFired>> {
+        ha::fire_slot(self, fire)
+    }
+
+    fn record_slot<'a>(
+        &'a self,
+        id: &'a str,
+        fire: &'a FireRecord,
+        by: &'a SlotBy,
+    ) -> BoxFuture<'a, Result<bool>> {
+        ha::record_slot(self, id, fire, by)
+    }
+
+    fn claim_run<'a>(
+        &'a self,
+        id: &'a str,
+        owner: &'a RunOwner,
+    ) -> BoxFuture<'a, Result<Option<Run>>> {
+        ha::claim_run(self, id, owner)
+    }
+
+    fn renew_runs<'a>(&'a self, owner: &'a RunOwner) -> BoxFuture<'a, Result<Vec<OwnedRun>>> {
+        ha::renew_runs(self, owner)
+    }
+
+    fn run_lease<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<RunLease>>> {
+        ha::run_lease(self, id)
+    }
+
+    fn request_abort<'a>(&'a self, id: &'a str, reason: &'a str) -> BoxFuture<'a, Result<bool>> {
+        ha::request_abort(self, id, reason)
+    }
+
+    fn request_abort_all<'a>(
+        &'a self,
+        reason: &'a str,
+        except: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>>> {
+        ha::request_abort_all(self, reason, except)
+    }
+
+    fn sweep_expired_runs<'a>(&'a self, actor: &'a str) -> BoxFuture<'a, Result<Vec<SweptRun>>> {
+        ha::sweep_expired_runs(self, actor)
+    }
+
+    fn abort_replica_in_flight<'a>(
+        &'a self,
+        replica: &'a str,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>>> {
+        ha::abort_replica_in_flight(self, replica, reason)
+    }
+    // === end replicas (HA) ===
 }

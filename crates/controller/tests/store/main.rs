@@ -3,5 +3,6 @@
 //! starts; without it they fail and say so.
 
 mod common;
+mod ha;
 mod scheduler;
 mod suite;
