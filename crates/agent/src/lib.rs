@@ -55,6 +55,10 @@ pub enum AgentError {
     },
     #[error("TLS: {0}")]
     Tls(String),
+    #[error(
+        "listening on {0}, a wildcard address, the controller cannot be told where this agent is: give --advertise HOST:PORT"
+    )]
+    Advertise(SocketAddr),
     #[error("registration: {0}")]
     Register(#[from] register::RegisterError),
 }
@@ -138,7 +142,19 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
     tracing::info!(addr = %local_addr, tls = config.tls.is_some(), "agent listening");
     // Registration starts once the API serves: the controller may call it at once.
     let registrar = match config.register {
-        Some(r) => Some(register::spawn(r, manager.clone(), token.clone())?),
+        Some(r) => {
+            let url = match &r.url {
+                Some(u) => u.clone(),
+                None if local_addr.ip().is_unspecified() => {
+                    return Err(AgentError::Advertise(local_addr));
+                }
+                None => format!(
+                    "{}://{local_addr}",
+                    if config.tls.is_some() { "https" } else { "http" }
+                ),
+            };
+            Some(register::spawn(r, url, manager.clone(), token.clone())?)
+        }
         None => None,
     };
     Ok(RunningAgent {

@@ -146,8 +146,10 @@ pub struct RegisterConfig {
     pub join_token: String,
     /// This agent's id in the fleet.
     pub id: String,
-    /// The URL the controller reaches this agent at (`--advertise` with the scheme).
-    pub url: String,
+    /// The URL the controller reaches this agent at (`--advertise` with the
+    /// scheme); `None`: the address the agent listens on, which must then not be
+    /// a wildcard.
+    pub url: Option<String>,
     /// PEM CA that signed the controller's certificate; the platform roots without.
     pub controller_ca: Option<PathBuf>,
 }
@@ -216,14 +218,17 @@ pub fn client(ca: Option<&std::path::Path>) -> Result<reqwest::Client, RegisterE
 }
 
 /// Registers and heartbeats for as long as the returned task runs.
+/// `url` is where the controller reaches this agent.
 pub fn spawn(
     config: RegisterConfig,
+    url: String,
     manager: Arc<Manager>,
     token: Token,
 ) -> Result<tokio::task::JoinHandle<()>, RegisterError> {
     let http = client(config.controller_ca.as_deref())?;
     let registrar = Registrar {
         base: config.controller.trim_end_matches('/').to_owned(),
+        url,
         config,
         http,
         manager,
@@ -234,6 +239,7 @@ pub fn spawn(
 
 struct Registrar {
     base: String,
+    url: String,
     config: RegisterConfig,
     http: reqwest::Client,
     manager: Arc<Manager>,
@@ -316,7 +322,7 @@ impl Registrar {
         let health = self.manager.health().await;
         let body = RegisterRequest {
             id: self.config.id.clone(),
-            url: self.config.url.clone(),
+            url: self.url.clone(),
             labels: health.labels,
             capabilities: health.capabilities,
             version: health.version,

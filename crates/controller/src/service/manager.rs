@@ -424,7 +424,8 @@ impl Manager {
     async fn drive(self: Arc<Self>, p: Pending) {
         let id = p.run_id.clone();
         tracing::info!(run = %id, experiment = %p.experiment.name, "run started");
-        let finish = match self.connector.agents(&p.experiment, p.seed).await {
+        // One registry snapshot for the clients and the engine's selection.
+        let finish = match self.connector.connect(&p.experiment, p.seed).await {
             Err(e) => {
                 let status = match e {
                     ConnectError::Unresolved(_) | ConnectError::BadAgent { .. } => {
@@ -443,9 +444,9 @@ impl Manager {
                     reason: Some(reason.to_string()),
                 }
             }
-            Ok(agents) => {
+            Ok((agents, inventory)) => {
                 let mut opts = RunOptions::new(id.clone(), p.seed);
-                opts.inventory = self.connector.inventory().clone();
+                opts.inventory = inventory;
                 opts.abort = p.abort.clone();
                 opts.bucket = self.tuning.bucket;
                 opts.tick = self.tuning.tick;
