@@ -443,6 +443,10 @@ pub struct RunBody {
     /// Inline faultline/v1 YAML, validated like `POST /v1/experiments`.
     #[serde(default)]
     pub yaml: Option<String>,
+    /// The selection seed (`count`/`percent` targets pick the same agents for
+    /// the same seed over the same registry snapshot); default: random.
+    #[serde(default)]
+    pub seed: Option<u64>,
 }
 
 /// `GET /v1/health`.
@@ -862,7 +866,7 @@ async fn create_run(
         }
     };
     let req: RunBody = json_body(&body)?;
-    let prepared = match (req.experiment_id, req.yaml) {
+    let mut prepared = match (req.experiment_id, req.yaml) {
         (Some(id), None) => {
             if !plausible_id(&id) {
                 return Err(ManagerError::UnknownExperiment(id).into());
@@ -882,6 +886,7 @@ async fn create_run(
             ));
         }
     };
+    prepared.seed = req.seed;
     let sub = s
         .manager
         .submit(

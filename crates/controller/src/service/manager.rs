@@ -76,6 +76,9 @@ pub struct Prepared {
     pub yaml: String,
     /// `None` for inline YAML.
     pub experiment_id: Option<String>,
+    /// The selection seed a client asked for (`faultline run --controller
+    /// --seed`); `None`: a random one.
+    pub seed: Option<u64>,
 }
 
 /// Who wants a run and how.
@@ -205,6 +208,7 @@ impl Manager {
                 experiment,
                 yaml: yaml.to_owned(),
                 experiment_id: None,
+                seed: None,
             }),
             None => Err(ManagerError::Invalid(loaded.report)),
         }
@@ -262,7 +266,7 @@ impl Manager {
         p: Prepared,
         req: Submit,
     ) -> Result<Submitted, ManagerError> {
-        let seed: u64 = rand::random();
+        let seed: u64 = p.seed.unwrap_or_else(rand::random);
         let agents = self.admit(&p, seed)?;
         let mut resources: Vec<String> = agents.iter().map(|a| format!("agent:{a}")).collect();
         if let Some(s) = &req.schedule_id {
