@@ -315,3 +315,85 @@ impl Connector {
         out.into_iter().map(|(_, h)| h).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{AgentState, RegisteredAgent};
+
+    fn agent(id: &str, role: &str, state: AgentState) -> RegisteredAgent {
+        let now = chrono::Utc::now();
+        RegisteredAgent {
+            id: id.to_owned(),
+            url: format!("http://10.0.0.1:7600/{id}"),
+            labels: [("role".to_owned(), role.to_owned())].into(),
+            capabilities: Vec::new(),
+            version: "0.1.0".to_owned(),
+            host: serde_json::Value::Null,
+            generation: 1,
+            heartbeat_ms: 1000,
+            active_faults: 0,
+            registered_at: now,
+            last_seen: now,
+            state,
+        }
+    }
+
+    fn snapshot(n: usize, lost: &[usize]) -> AgentSnapshot {
+        AgentSnapshot {
+            at: chrono::Utc::now(),
+            agents: (0..n)
+                .map(|i| {
+                    let state = if lost.contains(&i) {
+                        AgentState::Lost
+                    } else {
+                        AgentState::Alive
+                    };
+                    agent(&format!("w{i:02}"), "worker", state)
+                })
+                .collect(),
+        }
+    }
+
+    fn experiment(mode: &str) -> Experiment {
+        let text = format!(
+            "version: faultline/v1\nname: t\ntargets:\n  t: {{ selector: {{ role: worker }}, mode: {mode} }}\nmethod:\n  - {{ name: s, target: t, fault: {{ process.pause: {{ pid: 1 }} }}, duration: 1s }}\n"
+        );
+        faultline_spec::load("t.yaml", &text)
+            .experiment
+            .expect("valid")
+    }
+
+    #[test]
+    fn selection_over_a_snapshot_is_reproducible_and_skips_lost_agents() {
+        let snap = snapshot(50, &[7, 13]);
+        let inv = merge(&Inventory::default(), Some(&snap));
+        assert_eq!(inv.agents.len(), 48, "lost agents are never candidates");
+        assert!(!inv.agents.contains_key("w07") && !inv.agents.contains_key("w13"));
+        let exp = experiment("percent(20%)");
+        let a = resolve(&exp, &inv, 42).unwrap();
+        // The same seed over the same snapshot, rebuilt, in another order.
+        let mut shuffled = snap.clone();
+        shuffled.agents.reverse();
+        let b = resolve(&exp, &merge(&Inventory::default(), Some(&shuffled)), 42).unwrap();
+        assert_eq!(a["t"].agents, b["t"].agents);
+        assert_eq!(a["t"].agents.len(), 10, "ceil(20% of 48)");
+        assert!(!a["t"].agents.iter().any(|x| x == "w07" || x == "w13"));
+        let all = resolve(&experiment("all"), &inv, 0).unwrap();
+        assert_eq!(all["t"].agents.len(), 48);
+    }
+
+    #[test]
+    fn inventory_names_win_over_registered_ids() {
+        let inv = Inventory::parse(
+            "inv.yaml",
+            "agents:\n  w01: { url: \"http://static:7600\", labels: { role: db } }\n",
+        )
+        .expect("inventory");
+        let merged = merge(&inv, Some(&snapshot(3, &[])));
+        assert_eq!(merged.agents.len(), 3);
+        assert_eq!(merged.agents["w01"].url, "http://static:7600");
+        assert_eq!(merged.agents["w02"].labels["role"], "worker");
+        assert_eq!(merge(&inv, None).agents.len(), 1);
+    }
+}

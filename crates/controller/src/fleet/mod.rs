@@ -283,6 +283,21 @@ fn check_url(url: &str) -> Result<(), FleetError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{AgentState, agent_state};
+
+    #[test]
+    fn lost_means_silent_for_more_than_three_heartbeats() {
+        let seen = chrono::Utc::now();
+        let at = |ms: i64| seen + chrono::Duration::milliseconds(ms);
+        assert_eq!(agent_state(seen, 1000, at(0)), AgentState::Alive);
+        assert_eq!(agent_state(seen, 1000, at(2999)), AgentState::Alive);
+        assert_eq!(agent_state(seen, 1000, at(3000)), AgentState::Alive, "3 missed is the limit");
+        assert_eq!(agent_state(seen, 1000, at(3001)), AgentState::Lost);
+        assert_eq!(agent_state(seen, 300, at(901)), AgentState::Lost);
+        // A clock that moved back (another replica's) never makes an agent lost.
+        assert_eq!(agent_state(seen, 1000, at(-5000)), AgentState::Alive);
+        assert_eq!(agent_state(seen, u64::MAX, at(i64::from(i32::MAX))), AgentState::Alive);
+    }
 
     #[test]
     fn agent_urls_are_checked() {

@@ -69,12 +69,12 @@ fn schedule_def(experiment_id: &str, cron: &str) -> ScheduleDef {
 }
 
 pub async fn migrations_are_idempotent(fx: Fixture) {
-    assert_eq!(fx.store.schema_version().await.unwrap(), 1);
+    assert_eq!(fx.store.schema_version().await.unwrap(), 2);
     let exp = fx.experiment("survives-reopen").await;
     // Open the same database again, twice at once: nothing is applied twice, nothing lost.
     let (a, b) = tokio::join!(fx.reopen(), fx.reopen());
     for s in [&a, &b] {
-        assert_eq!(s.schema_version().await.unwrap(), 1);
+        assert_eq!(s.schema_version().await.unwrap(), 2);
         assert_eq!(s.get_experiment(&exp.id).await.unwrap(), Some(exp.clone()));
     }
     let again = fx.reopen().await;
