@@ -522,7 +522,8 @@ pub struct AgentRegistration {
     pub heartbeat_ms: u64,
 }
 
-/// `alive` until an agent misses [`LOST_AFTER_HEARTBEATS`] heartbeats.
+/// `alive`, or `lost` once an agent has been silent for more than 3 heartbeat
+/// intervals; a lost agent is never selected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AgentState {
