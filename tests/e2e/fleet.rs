@@ -347,3 +347,93 @@ fn kill_9_of_an_agent_makes_it_lost_within_3_heartbeats_and_later_runs_skip_it()
         assert!(faults_on(a.addr(), &token).is_empty(), "{}", a.id);
     }
 }
+
+#[test]
+fn agents_plan_and_run_against_a_controller_show_the_selection_it_makes() {
+    let net = FleetNet::new(6);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_serve, api_addr, join) = serve_on(dir.path(), net.controller_ip, "1s");
+    let spec = FleetSpec::new(assert_cmd::cargo::cargo_bin("faultline"), 6);
+    let token = spec.agent_token.clone();
+    let fleet = net.start(&spec, &format!("http://{api_addr}"), &join);
+    fleet
+        .await_registered(api_addr, ADMIN, Duration::from_secs(10))
+        .unwrap_or_else(|m| panic!("not registered: {m:?}; agent-0 said: {}", fleet.log(0)));
+    let url = format!("http://{api_addr}");
+    let admin = dir.path().join("admin");
+
+    // `faultline agents`: a table with every registered agent alive.
+    let out = crate::faultline()
+        .args(["agents", "--controller", &url, "--token-file"])
+        .arg(&admin)
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.starts_with("ID"), "{table}");
+    for a in &fleet.agents {
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(&format!("{} ", a.id)))
+            .unwrap_or_else(|| panic!("{} missing: {table}", a.id));
+        assert!(line.contains("alive") && line.contains(&a.url()), "{line}");
+    }
+    // Without a token: refused, and said so.
+    let out = crate::faultline()
+        .args(["agents", "--controller", &url])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+
+    // `plan --controller --seed`: the selection over the controller's snapshot.
+    let file = dir.path().join("fleet.yaml");
+    std::fs::write(&file, run_yaml("count(2)", "2s")).expect("experiment");
+    let seed = "77";
+    let out = crate::faultline()
+        .args(["plan", "--output", "json", "--seed", seed, "--controller", &url, "--token-file"])
+        .arg(&admin)
+        .arg(&file)
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
+    let planned: Vec<String> = plan["targets"][0]["agents"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .filter_map(|a| a.as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(planned.len(), 2, "{plan}");
+
+    // `run --controller --seed`: the same selection, the run's exit code.
+    let out = crate::faultline()
+        .args(["run", "--quiet", "--seed", seed, "--controller", &url, "--token-file"])
+        .arg(&admin)
+        .arg(&file)
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!("target workers (count(2), 6 matched): {}", planned.join(", "))),
+        "{stderr}"
+    );
+    // The run the controller made chose the same agents.
+    let (_, runs) = api(api_addr, "GET", "/v1/runs?limit=1", &Value::Null);
+    let id = runs[0]["id"].as_str().expect("a run").to_owned();
+    let (_, run) = api(api_addr, "GET", &format!("/v1/runs/{id}"), &Value::Null);
+    assert_eq!(run["status"], "passed", "{run}");
+    assert_eq!(run["journal"]["targets"][0]["agents"], json!(planned), "{run}");
+    for a in &fleet.agents {
+        assert!(faults_on(a.addr(), &token).is_empty(), "{}", a.id);
+    }
+    // Invalid input exits 2 before anything is sent.
+    std::fs::write(&file, "version: faultline/v1\nname: x\nbogus: 1\n").expect("bad");
+    let out = crate::faultline()
+        .args(["run", "--controller", &url, "--token-file"])
+        .arg(&admin)
+        .arg(&file)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+}
