@@ -83,10 +83,9 @@ fn advertise_url(advertise: &str, tls: bool) -> anyhow::Result<String> {
         return Ok(a.to_owned());
     }
     match a.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(format!(
-            "{}://{a}",
-            if tls { "https" } else { "http" }
-        )),
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            Ok(format!("{}://{a}", if tls { "https" } else { "http" }))
+        }
         _ => bail!("--advertise {advertise:?}: expected HOST:PORT"),
     }
 }
@@ -131,7 +130,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<u8> {
     let register = match args.controller.or(file.controller) {
         Some(controller) => {
             let Some(join) = args.join_token_file.or(file.join_token_file) else {
-                bail!("--controller needs --join-token-file (join_token_file): registration is authenticated");
+                bail!(
+                    "--controller needs --join-token-file (join_token_file): registration is authenticated"
+                );
             };
             let join_token =
                 faultline_agent::auth::read_token_file(&join).map_err(anyhow::Error::msg)?;
@@ -240,8 +241,14 @@ mod tests {
 
     #[test]
     fn advertise_takes_the_scheme_of_tls() {
-        assert_eq!(advertise_url("10.0.0.5:7600", false).unwrap(), "http://10.0.0.5:7600");
-        assert_eq!(advertise_url("gpu-1:7600", true).unwrap(), "https://gpu-1:7600");
+        assert_eq!(
+            advertise_url("10.0.0.5:7600", false).unwrap(),
+            "http://10.0.0.5:7600"
+        );
+        assert_eq!(
+            advertise_url("gpu-1:7600", true).unwrap(),
+            "https://gpu-1:7600"
+        );
         assert_eq!(advertise_url("https://x:1/", false).unwrap(), "https://x:1");
         assert!(advertise_url("nohost", false).is_err());
         assert!(advertise_url("h:notaport", false).is_err());

@@ -56,13 +56,18 @@ pub fn client(
         Some(f) => Some(faultline_agent::auth::read_token_file(f).map_err(anyhow::Error::msg)?),
         None => None,
     };
-    ControllerClient::new(url, token, ca, CALL_TIMEOUT).with_context(|| format!("controller at {url}"))
+    ControllerClient::new(url, token, ca, CALL_TIMEOUT)
+        .with_context(|| format!("controller at {url}"))
 }
 
 impl ControllerOpts {
     pub fn client(&self) -> anyhow::Result<Option<ControllerClient>> {
         match &self.controller {
-            Some(url) => Ok(Some(client(url, self.token_file.as_deref(), self.ca.as_deref())?)),
+            Some(url) => Ok(Some(client(
+                url,
+                self.token_file.as_deref(),
+                self.ca.as_deref(),
+            )?)),
             None => Ok(None),
         }
     }
@@ -79,13 +84,21 @@ pub async fn snapshot_inventory(c: &ControllerClient) -> anyhow::Result<(Invento
         .context("the controller's snapshot is not an inventory")?;
     let lost = snap["lost"]
         .as_array()
-        .map(|l| l.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .map(|l| {
+            l.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default();
     Ok((inventory, lost))
 }
 
 pub fn run(args: AgentsArgs) -> anyhow::Result<u8> {
-    let c = client(&args.controller, args.token_file.as_deref(), args.ca.as_deref())?;
+    let c = client(
+        &args.controller,
+        args.token_file.as_deref(),
+        args.ca.as_deref(),
+    )?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -97,7 +110,11 @@ pub fn run(args: AgentsArgs) -> anyhow::Result<u8> {
         Output::Json => super::print_json(&list),
         Output::Text => {
             let rows = list.as_array().map(Vec::as_slice).unwrap_or_default();
-            write!(std::io::stdout().lock(), "{}", table(rows, std::time::SystemTime::now()))?;
+            write!(
+                std::io::stdout().lock(),
+                "{}",
+                table(rows, std::time::SystemTime::now())
+            )?;
             Ok(exit::OK)
         }
     }
@@ -155,13 +172,27 @@ fn table(rows: &[Value], now: std::time::SystemTime) -> String {
             s("name"),
             state,
             last_seen,
-            if s("url").is_empty() { "-".to_owned() } else { s("url") },
-            if labels.is_empty() { "-".to_owned() } else { labels },
+            if s("url").is_empty() {
+                "-".to_owned()
+            } else {
+                s("url")
+            },
+            if labels.is_empty() {
+                "-".to_owned()
+            } else {
+                labels
+            },
             faults,
         ]);
     }
     let widths: Vec<usize> = (0..6)
-        .map(|c| lines.iter().map(|l| l[c].chars().count()).max().unwrap_or(0))
+        .map(|c| {
+            lines
+                .iter()
+                .map(|l| l[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for l in &lines {
@@ -198,10 +229,22 @@ mod tests {
         ]);
         let t = table(rows.as_array().unwrap(), now);
         let lines: Vec<&str> = t.lines().collect();
-        assert!(lines[0].starts_with("ID") && lines[0].ends_with("FAULTS"), "{t}");
-        assert!(lines[1].contains("alive") && lines[1].contains("1.5s ago"), "{t}");
-        assert!(lines[1].contains("role=gpu") && lines[1].ends_with("network.loss"), "{t}");
+        assert!(
+            lines[0].starts_with("ID") && lines[0].ends_with("FAULTS"),
+            "{t}"
+        );
+        assert!(
+            lines[1].contains("alive") && lines[1].contains("1.5s ago"),
+            "{t}"
+        );
+        assert!(
+            lines[1].contains("role=gpu") && lines[1].ends_with("network.loss"),
+            "{t}"
+        );
         assert!(lines[2].contains("lost"), "{t}");
-        assert!(lines[3].starts_with("local") && lines[3].contains(" local "), "{t}");
+        assert!(
+            lines[3].starts_with("local") && lines[3].contains(" local "),
+            "{t}"
+        );
     }
 }

@@ -346,8 +346,8 @@ mod remote {
     ) -> anyhow::Result<u8> {
         // Validate here first: invalid input exits 2 with located diagnostics,
         // and nothing is sent.
-        let yaml = std::fs::read_to_string(file)
-            .with_context(|| format!("reading {}", file.display()))?;
+        let yaml =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         let (inventory, lost) = super::super::agents::snapshot_inventory(c).await?;
         let (_exp, plan) = match super::super::plan::plan_over(file, inventory, seed) {
             Ok(p) => p,
@@ -366,7 +366,11 @@ mod remote {
             eprintln!("faultline: lost, never selected: {}", lost.join(", "));
         }
         let (status, run) = c
-            .call(Method::POST, "/v1/runs", Some(&json!({ "yaml": yaml, "seed": seed })))
+            .call(
+                Method::POST,
+                "/v1/runs",
+                Some(&json!({ "yaml": yaml, "seed": seed })),
+            )
             .await
             .context("submitting the run")?;
         match status {

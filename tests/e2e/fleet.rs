@@ -165,7 +165,10 @@ fn fifty_agents_register_within_5s_and_percent_20_injects_on_exactly_10_then_rev
     spec.labels = |i| {
         vec![
             ("role".to_owned(), "worker".to_owned()),
-            ("zone".to_owned(), if i % 2 == 0 { "a" } else { "b" }.to_owned()),
+            (
+                "zone".to_owned(),
+                if i % 2 == 0 { "a" } else { "b" }.to_owned(),
+            ),
         ]
     };
     let token = spec.agent_token.clone();
@@ -181,7 +184,7 @@ fn fifty_agents_register_within_5s_and_percent_20_injects_on_exactly_10_then_rev
                 fleet.log(0)
             )
         });
-    eprintln!("50 agents registered in {took:?}");
+    assert!(took <= Duration::from_secs(5), "registered in {took:?}");
     let (code, listed) = api(api_addr, "GET", "/v1/agents", &Value::Null);
     assert_eq!(code, 200);
     let registered: Vec<&Value> = listed
@@ -193,9 +196,15 @@ fn fifty_agents_register_within_5s_and_percent_20_injects_on_exactly_10_then_rev
     assert_eq!(registered.len(), 50);
     for a in &registered {
         assert_eq!(a["state"], "alive", "{a}");
-        assert_eq!(a["reachable"], true, "the controller's api token works: {a}");
+        assert_eq!(
+            a["reachable"], true,
+            "the controller's api token works: {a}"
+        );
         assert_eq!(a["labels"]["role"], "worker");
-        assert!(a["last_seen"].is_string() && a["version"].is_string(), "{a}");
+        assert!(
+            a["last_seen"].is_string() && a["version"].is_string(),
+            "{a}"
+        );
         let caps = a["capabilities"].as_array().expect("capabilities");
         assert!(caps.iter().any(|c| c == "network.partition"), "{a}");
         assert!(a["host"]["cpus"].as_u64().unwrap_or(0) >= 1, "{a}");
@@ -210,12 +219,12 @@ fn fifty_agents_register_within_5s_and_percent_20_injects_on_exactly_10_then_rev
         serde_json::from_value(snap["inventory"].clone()).expect("an inventory");
     let loaded = faultline_spec::load("fleet.yaml", &yaml);
     let exp = loaded.experiment.expect("the experiment validates");
-    let expected: BTreeSet<String> =
-        faultline_controller::select::resolve(&exp, &inventory, seed).expect("resolves")["workers"]
-            .agents
-            .iter()
-            .cloned()
-            .collect();
+    let expected: BTreeSet<String> = faultline_controller::select::resolve(&exp, &inventory, seed)
+        .expect("resolves")["workers"]
+        .agents
+        .iter()
+        .cloned()
+        .collect();
     assert_eq!(expected.len(), 10, "ceil(20% of 50)");
 
     // (b) the run injects on exactly those 10, seen on the agents themselves.
@@ -237,9 +246,14 @@ fn fifty_agents_register_within_5s_and_percent_20_injects_on_exactly_10_then_rev
             .collect();
         holding.len() >= 10
     });
-    assert_eq!(holding, expected, "exactly the 10 the seed and the snapshot choose");
+    assert_eq!(
+        holding, expected,
+        "exactly the 10 the seed and the snapshot choose"
+    );
     // From outside the agents: the nftables table exists in exactly those namespaces.
-    let chosen = fleet.agent(expected.iter().next().expect("one")).expect("agent");
+    let chosen = fleet
+        .agent(expected.iter().next().expect("one"))
+        .expect("agent");
     assert_eq!(nft_tables(chosen).len(), 1, "{:?}", nft_tables(chosen));
     let spared = fleet
         .agents
@@ -270,7 +284,11 @@ fn fifty_agents_register_within_5s_and_percent_20_injects_on_exactly_10_then_rev
         .collect();
     assert_eq!(journaled, expected, "{targets}");
     for a in &fleet.agents {
-        assert!(faults_on(a.addr(), &token).is_empty(), "{} still holds a fault", a.id);
+        assert!(
+            faults_on(a.addr(), &token).is_empty(),
+            "{} still holds a fault",
+            a.id
+        );
     }
     for id in &expected {
         let a = fleet.agent(id).expect("agent");
@@ -312,7 +330,10 @@ fn kill_9_of_an_agent_makes_it_lost_within_3_heartbeats_and_later_runs_skip_it()
         state_of(victim) == "lost"
     });
     let took = killed.elapsed();
-    eprintln!("lost after {took:?} (heartbeat {HEARTBEAT:?})");
+    assert!(
+        took <= HEARTBEAT * 3 + Duration::from_millis(400),
+        "lost after {took:?} (heartbeat {HEARTBEAT:?})"
+    );
     // Everyone else stays alive.
     for a in fleet.agents.iter().filter(|a| a.id != victim) {
         assert_eq!(state_of(&a.id), "alive", "{}", a.id);
@@ -368,7 +389,11 @@ fn agents_plan_and_run_against_a_controller_show_the_selection_it_makes() {
         .arg(&admin)
         .output()
         .expect("runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.starts_with("ID"), "{table}");
     for a in &fleet.agents {
@@ -390,12 +415,25 @@ fn agents_plan_and_run_against_a_controller_show_the_selection_it_makes() {
     std::fs::write(&file, run_yaml("count(2)", "2s")).expect("experiment");
     let seed = "77";
     let out = crate::faultline()
-        .args(["plan", "--output", "json", "--seed", seed, "--controller", &url, "--token-file"])
+        .args([
+            "plan",
+            "--output",
+            "json",
+            "--seed",
+            seed,
+            "--controller",
+            &url,
+            "--token-file",
+        ])
         .arg(&admin)
         .arg(&file)
         .output()
         .expect("runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let plan: Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
     let planned: Vec<String> = plan["targets"][0]["agents"]
         .as_array()
@@ -407,7 +445,15 @@ fn agents_plan_and_run_against_a_controller_show_the_selection_it_makes() {
 
     // `run --controller --seed`: the same selection, the run's exit code.
     let out = crate::faultline()
-        .args(["run", "--quiet", "--seed", seed, "--controller", &url, "--token-file"])
+        .args([
+            "run",
+            "--quiet",
+            "--seed",
+            seed,
+            "--controller",
+            &url,
+            "--token-file",
+        ])
         .arg(&admin)
         .arg(&file)
         .output()
@@ -415,7 +461,10 @@ fn agents_plan_and_run_against_a_controller_show_the_selection_it_makes() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(
-        stderr.contains(&format!("target workers (count(2), 6 matched): {}", planned.join(", "))),
+        stderr.contains(&format!(
+            "target workers (count(2), 6 matched): {}",
+            planned.join(", ")
+        )),
         "{stderr}"
     );
     // The run the controller made chose the same agents.
@@ -423,7 +472,11 @@ fn agents_plan_and_run_against_a_controller_show_the_selection_it_makes() {
     let id = runs[0]["id"].as_str().expect("a run").to_owned();
     let (_, run) = api(api_addr, "GET", &format!("/v1/runs/{id}"), &Value::Null);
     assert_eq!(run["status"], "passed", "{run}");
-    assert_eq!(run["journal"]["targets"][0]["agents"], json!(planned), "{run}");
+    assert_eq!(
+        run["journal"]["targets"][0]["agents"],
+        json!(planned),
+        "{run}"
+    );
     for a in &fleet.agents {
         assert!(faults_on(a.addr(), &token).is_empty(), "{}", a.id);
     }

@@ -150,7 +150,11 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
                 }
                 None => format!(
                     "{}://{local_addr}",
-                    if config.tls.is_some() { "https" } else { "http" }
+                    if config.tls.is_some() {
+                        "https"
+                    } else {
+                        "http"
+                    }
                 ),
             };
             Some(register::spawn(r, url, manager.clone(), token.clone())?)

@@ -82,14 +82,23 @@ fn registration(id: &str) -> Value {
 async fn each_token_opens_only_its_own_door() {
     let fx = fixture(true).await;
     // API tokens do not register agents; nor does nothing.
-    let (code, body) = fx.call("POST", "/v1/agents/register", ADMIN, registration("w1")).await;
+    let (code, body) = fx
+        .call("POST", "/v1/agents/register", ADMIN, registration("w1"))
+        .await;
     assert_eq!(code, 401, "{body}");
-    let (code, _) = fx.call("POST", "/v1/agents/register", "", registration("w1")).await;
+    let (code, _) = fx
+        .call("POST", "/v1/agents/register", "", registration("w1"))
+        .await;
     assert_eq!(code, 401);
     // The join token does.
-    let (code, r) = fx.call("POST", "/v1/agents/register", JOIN, registration("w1")).await;
+    let (code, r) = fx
+        .call("POST", "/v1/agents/register", JOIN, registration("w1"))
+        .await;
     assert_eq!(code, 200, "{r}");
-    assert_eq!((r["generation"].as_i64(), r["heartbeat_ms"].as_u64()), (Some(1), Some(200)));
+    assert_eq!(
+        (r["generation"].as_i64(), r["heartbeat_ms"].as_u64()),
+        (Some(1), Some(200))
+    );
     let agent_token = r["agent_token"].as_str().expect("agent token").to_owned();
     let api_token = r["api_token"].as_str().expect("api token").to_owned();
     assert_eq!(agent_token.len(), 64);
@@ -99,32 +108,72 @@ async fn each_token_opens_only_its_own_door() {
     assert_eq!(api_token, secret.api_token("w1", 1));
     // The join token opens nothing else; neither do agent or api tokens.
     for token in [JOIN, agent_token.as_str(), api_token.as_str()] {
-        for (m, p) in [("GET", "/v1/runs"), ("GET", "/v1/agents"), ("POST", "/v1/halt")] {
+        for (m, p) in [
+            ("GET", "/v1/runs"),
+            ("GET", "/v1/agents"),
+            ("POST", "/v1/halt"),
+        ] {
             let (code, body) = fx.call(m, p, token, Value::Null).await;
             assert_eq!(code, 401, "{m} {p}: {body}");
         }
     }
     // Heartbeats: its own agent token only, for its own id.
     let beat = json!({ "active_faults": 0 });
-    let (code, hb) = fx.call("POST", "/v1/agents/w1/heartbeat", &agent_token, beat.clone()).await;
-    assert_eq!((code, hb["heartbeat_ms"].as_u64()), (200, Some(200)), "{hb}");
+    let (code, hb) = fx
+        .call(
+            "POST",
+            "/v1/agents/w1/heartbeat",
+            &agent_token,
+            beat.clone(),
+        )
+        .await;
+    assert_eq!(
+        (code, hb["heartbeat_ms"].as_u64()),
+        (200, Some(200)),
+        "{hb}"
+    );
     for token in [JOIN, ADMIN, api_token.as_str()] {
-        let (code, _) = fx.call("POST", "/v1/agents/w1/heartbeat", token, beat.clone()).await;
+        let (code, _) = fx
+            .call("POST", "/v1/agents/w1/heartbeat", token, beat.clone())
+            .await;
         assert_eq!(code, 401);
     }
-    let (_, r2) = fx.call("POST", "/v1/agents/register", JOIN, registration("w2")).await;
-    let (code, _) = fx.call("POST", "/v1/agents/w2/heartbeat", &agent_token, beat.clone()).await;
+    let (_, r2) = fx
+        .call("POST", "/v1/agents/register", JOIN, registration("w2"))
+        .await;
+    let (code, _) = fx
+        .call(
+            "POST",
+            "/v1/agents/w2/heartbeat",
+            &agent_token,
+            beat.clone(),
+        )
+        .await;
     assert_eq!(code, 401, "w1's token is not w2's");
     assert_eq!(r2["generation"], 1);
     // Re-registration rotates both tokens.
-    let (_, r3) = fx.call("POST", "/v1/agents/register", JOIN, registration("w1")).await;
+    let (_, r3) = fx
+        .call("POST", "/v1/agents/register", JOIN, registration("w1"))
+        .await;
     assert_eq!(r3["generation"], 2);
     assert_ne!(r3["agent_token"], r["agent_token"]);
-    assert_eq!(r3["api_token"].as_str(), Some(secret.api_token("w1", 2).as_str()));
-    let (code, _) = fx.call("POST", "/v1/agents/w1/heartbeat", &agent_token, beat.clone()).await;
+    assert_eq!(
+        r3["api_token"].as_str(),
+        Some(secret.api_token("w1", 2).as_str())
+    );
+    let (code, _) = fx
+        .call(
+            "POST",
+            "/v1/agents/w1/heartbeat",
+            &agent_token,
+            beat.clone(),
+        )
+        .await;
     assert_eq!(code, 401, "the old agent token is gone");
     // Audited.
-    let (_, audit) = fx.call("GET", "/v1/audit?target=w1", ADMIN, Value::Null).await;
+    let (_, audit) = fx
+        .call("GET", "/v1/audit?target=w1", ADMIN, Value::Null)
+        .await;
     let actions: Vec<&str> = audit
         .as_array()
         .expect("audit")
@@ -133,16 +182,22 @@ async fn each_token_opens_only_its_own_door() {
         .collect();
     assert_eq!(actions, ["agent.reregister", "agent.register"]);
     // A bad body is a 400 after the token, never before.
-    let (code, _) = fx.call("POST", "/v1/agents/register", JOIN, json!({ "id": "x" })).await;
+    let (code, _) = fx
+        .call("POST", "/v1/agents/register", JOIN, json!({ "id": "x" }))
+        .await;
     assert_eq!(code, 400);
-    let (code, _) = fx.call("POST", "/v1/agents/register", ADMIN, json!({ "id": "x" })).await;
+    let (code, _) = fx
+        .call("POST", "/v1/agents/register", ADMIN, json!({ "id": "x" }))
+        .await;
     assert_eq!(code, 401);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_join_token_registration_is_off() {
     let fx = fixture(false).await;
-    let (code, body) = fx.call("POST", "/v1/agents/register", JOIN, registration("w1")).await;
+    let (code, body) = fx
+        .call("POST", "/v1/agents/register", JOIN, registration("w1"))
+        .await;
     assert_eq!(code, 403, "{body}");
     assert_eq!(body["error"], "registration_disabled");
 }
@@ -188,7 +243,14 @@ async fn a_real_agent_registers_refuses_until_then_and_is_reached_with_its_api_t
     let ask = |token: String| {
         let http = fx.http.clone();
         let url = format!("{agent_url}/v1/faults");
-        async move { http.get(url).bearer_auth(token).send().await.expect("agent answers").status() }
+        async move {
+            http.get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("agent answers")
+                .status()
+        }
     };
     assert_eq!(ask(api_token).await.as_u16(), 200);
     assert_eq!(ask(JOIN.to_owned()).await.as_u16(), 401);

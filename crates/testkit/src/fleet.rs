@@ -109,7 +109,7 @@ pub struct FleetNet {
 #[derive(Debug)]
 pub struct Fleet {
     pub agents: Vec<FleetAgent>,
-    /// When the last agent process was spawned.
+    /// When the first agent process was spawned.
     pub spawned_at: Instant,
     net: FleetNet,
 }
@@ -230,8 +230,7 @@ impl FleetNet {
         let number = (0..=255u8)
             .map(|o| start.wrapping_add(o))
             .find(|k| {
-                !links.contains(&format!(" flfb{k}:"))
-                    && !addrs.contains(&format!(" 10.214.{k}."))
+                !links.contains(&format!(" flfb{k}:")) && !addrs.contains(&format!(" 10.214.{k}."))
             })
             .expect("a free fleet subnet in 10.214.0.0/16");
         let bridge = format!("flfb{number}");
@@ -284,10 +283,15 @@ impl FleetNet {
     /// `controller` (a URL the namespaces reach: the bridge address) with the
     /// join token in `join_token_file`.
     pub fn start(self, spec: &FleetSpec, controller: &str, join_token_file: &Path) -> Fleet {
-        assert_eq!(spec.agents, self.namespaces.len(), "one agent per namespace");
+        assert_eq!(
+            spec.agents,
+            self.namespaces.len(),
+            "one agent per namespace"
+        );
         let token_file = self.dir().join("agent-token");
         std::fs::write(&token_file, &spec.agent_token).expect("agent token file");
         let mut agents = Vec::with_capacity(spec.agents);
+        let spawned_at = Instant::now();
         for (i, ns) in self.namespaces.iter().enumerate() {
             let ip = self.agent_ip(i);
             let id = format!("{}{i}", spec.id_prefix);
@@ -336,7 +340,7 @@ impl FleetNet {
         }
         Fleet {
             agents,
-            spawned_at: Instant::now(),
+            spawned_at,
             net: self,
         }
     }

@@ -149,7 +149,9 @@ impl ControllerClient {
                     )));
                 }
                 Ok(false) => {}
-                Err(e) => tracing::warn!(run = %run_id, error = %e, "event stream dropped; resuming"),
+                Err(e) => {
+                    tracing::warn!(run = %run_id, error = %e, "event stream dropped; resuming")
+                }
             }
             failures += 1;
             tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(10)))).await;

@@ -20,9 +20,7 @@ use faultline_agent::register::{
 };
 
 use crate::client::{AgentClient, HttpClient};
-use crate::store::{
-    AgentRegistration, AgentSnapshot, RegisteredAgent, RunStore, StoreError,
-};
+use crate::store::{AgentRegistration, AgentSnapshot, RegisteredAgent, RunStore, StoreError};
 pub use tokens::{FleetSecret, JoinToken, TokenError};
 
 /// The heartbeat interval agents are told when the config names none.
@@ -63,7 +61,14 @@ pub struct Registry {
     config: FleetConfig,
     snapshot: ArcSwap<AgentSnapshot>,
     /// One client per registered agent and generation, reused across runs.
-    clients: Mutex<HashMap<String, (i64, String, Arc<HttpClient>)>>,
+    clients: Mutex<HashMap<String, CachedClient>>,
+}
+
+/// A registered agent's client, valid for its generation and URL.
+struct CachedClient {
+    generation: i64,
+    url: String,
+    client: Arc<HttpClient>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -243,11 +248,11 @@ impl Registry {
     /// The client of a registered agent: its URL, its api token.
     pub fn client(&self, agent: &RegisteredAgent) -> Result<Arc<dyn AgentClient>, String> {
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((generation, url, c)) = clients.get(&agent.id)
-            && *generation == agent.generation
-            && *url == agent.url
+        if let Some(c) = clients.get(&agent.id)
+            && c.generation == agent.generation
+            && c.url == agent.url
         {
-            return Ok(Arc::clone(c) as Arc<dyn AgentClient>);
+            return Ok(Arc::clone(&c.client) as Arc<dyn AgentClient>);
         }
         let client = Arc::new(
             HttpClient::new(
@@ -261,7 +266,11 @@ impl Registry {
         );
         clients.insert(
             agent.id.clone(),
-            (agent.generation, agent.url.clone(), Arc::clone(&client)),
+            CachedClient {
+                generation: agent.generation,
+                url: agent.url.clone(),
+                client: Arc::clone(&client),
+            },
         );
         Ok(client)
     }
@@ -291,12 +300,19 @@ mod tests {
         let at = |ms: i64| seen + chrono::Duration::milliseconds(ms);
         assert_eq!(agent_state(seen, 1000, at(0)), AgentState::Alive);
         assert_eq!(agent_state(seen, 1000, at(2999)), AgentState::Alive);
-        assert_eq!(agent_state(seen, 1000, at(3000)), AgentState::Alive, "3 missed is the limit");
+        assert_eq!(
+            agent_state(seen, 1000, at(3000)),
+            AgentState::Alive,
+            "3 missed is the limit"
+        );
         assert_eq!(agent_state(seen, 1000, at(3001)), AgentState::Lost);
         assert_eq!(agent_state(seen, 300, at(901)), AgentState::Lost);
         // A clock that moved back (another replica's) never makes an agent lost.
         assert_eq!(agent_state(seen, 1000, at(-5000)), AgentState::Alive);
-        assert_eq!(agent_state(seen, u64::MAX, at(i64::from(i32::MAX))), AgentState::Alive);
+        assert_eq!(
+            agent_state(seen, u64::MAX, at(i64::from(i32::MAX))),
+            AgentState::Alive
+        );
     }
 
     #[test]

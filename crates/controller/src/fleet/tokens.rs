@@ -228,7 +228,11 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let b = FleetSecret::load_or_create(&path).unwrap();
-        assert_eq!(a.api_token("x", 1), b.api_token("x", 1), "reused, not rewritten");
+        assert_eq!(
+            a.api_token("x", 1),
+            b.api_token("x", 1),
+            "reused, not rewritten"
+        );
         let short = dir.path().join("short");
         std::fs::write(&short, "tooshort\n").unwrap();
         let e = FleetSecret::load(&short).unwrap_err().to_string();

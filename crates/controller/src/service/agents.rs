@@ -237,7 +237,9 @@ pub struct SnapshotView {
     pub lost: Vec<String>,
 }
 
-pub(crate) async fn snapshot(connector: &Connector) -> Result<SnapshotView, crate::store::StoreError> {
+pub(crate) async fn snapshot(
+    connector: &Connector,
+) -> Result<SnapshotView, crate::store::StoreError> {
     let snap: Option<Arc<AgentSnapshot>> = match connector.registry() {
         Some(r) => Some(r.refresh().await?),
         None => None,

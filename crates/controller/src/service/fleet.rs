@@ -253,9 +253,10 @@ mod tests {
         };
         let b: RegisterBody = serde_json::from_value(serde_json::to_value(&req).unwrap()).unwrap();
         assert_eq!((b.id.as_str(), b.host.cpus), ("w1", 4));
-        let hb: HeartbeatBody =
-            serde_json::from_value(serde_json::to_value(HeartbeatRequest { active_faults: 2 }).unwrap())
-                .unwrap();
+        let hb: HeartbeatBody = serde_json::from_value(
+            serde_json::to_value(HeartbeatRequest { active_faults: 2 }).unwrap(),
+        )
+        .unwrap();
         assert_eq!(hb.active_faults, 2);
         let answer = serde_json::to_value(RegisteredBody {
             id: "w1".into(),

@@ -13,9 +13,9 @@
 
 mod agents;
 pub mod api;
-mod fleet;
 pub mod auth;
 pub mod config;
+mod fleet;
 pub mod manager;
 mod metrics;
 pub mod policy;

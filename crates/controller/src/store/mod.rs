@@ -617,7 +617,11 @@ pub(crate) fn hash_matches(stored: &str, given: &str) -> bool {
     stored.as_bytes().ct_eq(given.as_bytes()).into()
 }
 
-pub(crate) fn registration_audit(reg: &AgentRegistration, generation: i64, actor: &str) -> NewAudit {
+pub(crate) fn registration_audit(
+    reg: &AgentRegistration,
+    generation: i64,
+    actor: &str,
+) -> NewAudit {
     NewAudit {
         actor: actor.to_owned(),
         action: if generation == 1 {

@@ -978,7 +978,10 @@ impl RunStore for PostgresStore {
             let mut c = self.conn().await?;
             let tx = c.transaction().await?;
             let stored = tx
-                .query_opt("SELECT token_hash FROM agents WHERE id = $1 FOR UPDATE", &[&id])
+                .query_opt(
+                    "SELECT token_hash FROM agents WHERE id = $1 FOR UPDATE",
+                    &[&id],
+                )
                 .await?;
             let Some(stored) = stored else {
                 return Ok(None);

@@ -850,7 +850,8 @@ impl RunStore for SqliteStore {
                 |r| r.get(0),
             )?;
             insert_audit(&tx, &registration_audit(&reg, generation, &actor))?;
-            let agent = get_agent(&tx, &reg.id, now())?.ok_or_else(|| not_found("agent", &reg.id))?;
+            let agent =
+                get_agent(&tx, &reg.id, now())?.ok_or_else(|| not_found("agent", &reg.id))?;
             tx.commit()?;
             Ok(agent)
         })
@@ -877,11 +878,7 @@ impl RunStore for SqliteStore {
             let at = now();
             tx.execute(
                 "UPDATE agents SET last_seen = ?2, active_faults = ?3 WHERE id = ?1",
-                params![
-                    id,
-                    ts(at),
-                    i64::try_from(active_faults).unwrap_or(i64::MAX)
-                ],
+                params![id, ts(at), i64::try_from(active_faults).unwrap_or(i64::MAX)],
             )?;
             let agent = get_agent(&tx, &id, at)?;
             tx.commit()?;
@@ -892,9 +889,8 @@ impl RunStore for SqliteStore {
     fn list_agents(&self) -> BoxFuture<'_, Result<AgentSnapshot>> {
         self.call(|conn| {
             let at = now();
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {AGENT_COLS} FROM agents ORDER BY id"
-            ))?;
+            let mut stmt =
+                conn.prepare_cached(&format!("SELECT {AGENT_COLS} FROM agents ORDER BY id"))?;
             let mut rows = stmt.query([])?;
             let mut agents = Vec::new();
             while let Some(row) = rows.next()? {
@@ -940,7 +936,8 @@ fn registered_agent(row: &Row<'_>, now: DateTime<Utc>) -> Result<RegisteredAgent
 }
 
 fn get_agent(conn: &Connection, id: &str, now: DateTime<Utc>) -> Result<Option<RegisteredAgent>> {
-    let mut stmt = conn.prepare_cached(&format!("SELECT {AGENT_COLS} FROM agents WHERE id = ?1"))?;
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {AGENT_COLS} FROM agents WHERE id = ?1"))?;
     let mut rows = stmt.query([id])?;
     match rows.next()? {
         Some(row) => Ok(Some(registered_agent(row, now)?)),

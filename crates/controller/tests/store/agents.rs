@@ -32,11 +32,19 @@ fn reg(id: &str, hash: &str, heartbeat_ms: u64) -> AgentRegistration {
 
 pub async fn registration_upserts_and_bumps_the_generation(fx: Fixture) {
     let s = &fx.store;
-    let a = s.register_agent(&reg("w2", "h1", 5000), "agent:w2").await.unwrap();
-    assert_eq!((a.generation, a.state, a.active_faults), (1, AgentState::Alive, 0));
+    let a = s
+        .register_agent(&reg("w2", "h1", 5000), "agent:w2")
+        .await
+        .unwrap();
+    assert_eq!(
+        (a.generation, a.state, a.active_faults),
+        (1, AgentState::Alive, 0)
+    );
     assert_eq!(a.capabilities.len(), 2);
     assert_eq!(a.host["cpus"], 4);
-    s.register_agent(&reg("w1", "x", 5000), "agent:w1").await.unwrap();
+    s.register_agent(&reg("w1", "x", 5000), "agent:w1")
+        .await
+        .unwrap();
     let mut again = reg("w2", "h2", 2000);
     again.labels.insert("zone".to_owned(), "b".to_owned());
     again.url = "http://10.0.0.9:7600".to_owned();
@@ -51,7 +59,10 @@ pub async fn registration_upserts_and_bumps_the_generation(fx: Fixture) {
     let ids: Vec<&str> = snap.agents.iter().map(|a| a.id.as_str()).collect();
     assert_eq!(ids, ["w1", "w2"]);
     assert!(snap.at >= b.last_seen);
-    assert_eq!(s.get_agent("w2").await.unwrap().map(|a| a.generation), Some(2));
+    assert_eq!(
+        s.get_agent("w2").await.unwrap().map(|a| a.generation),
+        Some(2)
+    );
     assert_eq!(s.get_agent("nope").await.unwrap(), None);
     // Survives a reopen (it is in the store, not in memory).
     let reopened = fx.reopen().await;
@@ -72,14 +83,23 @@ pub async fn registration_upserts_and_bumps_the_generation(fx: Fixture) {
 
 pub async fn heartbeats_need_the_current_token_hash(fx: Fixture) {
     let s = &fx.store;
-    let first = s.register_agent(&reg("w1", "old", 5000), "agent:w1").await.unwrap();
-    let seen = s.heartbeat_agent("w1", "old", 3).await.unwrap().expect("known");
+    let first = s
+        .register_agent(&reg("w1", "old", 5000), "agent:w1")
+        .await
+        .unwrap();
+    let seen = s
+        .heartbeat_agent("w1", "old", 3)
+        .await
+        .unwrap()
+        .expect("known");
     assert_eq!(seen.active_faults, 3);
     assert!(seen.last_seen >= first.last_seen);
     assert_eq!(s.heartbeat_agent("w1", "wrong", 0).await.unwrap(), None);
     assert_eq!(s.heartbeat_agent("ghost", "old", 0).await.unwrap(), None);
     // A re-registration rotates the token: the old one is refused.
-    s.register_agent(&reg("w1", "new", 5000), "agent:w1").await.unwrap();
+    s.register_agent(&reg("w1", "new", 5000), "agent:w1")
+        .await
+        .unwrap();
     assert_eq!(s.heartbeat_agent("w1", "old", 0).await.unwrap(), None);
     assert!(s.heartbeat_agent("w1", "new", 0).await.unwrap().is_some());
     // A refused heartbeat changed nothing.
@@ -89,8 +109,12 @@ pub async fn heartbeats_need_the_current_token_hash(fx: Fixture) {
 pub async fn silent_agents_become_lost_by_the_store_clock(fx: Fixture) {
     let s = &fx.store;
     let hb = 100u64;
-    s.register_agent(&reg("quiet", "q", hb), "agent:quiet").await.unwrap();
-    s.register_agent(&reg("chatty", "c", hb), "agent:chatty").await.unwrap();
+    s.register_agent(&reg("quiet", "q", hb), "agent:quiet")
+        .await
+        .unwrap();
+    s.register_agent(&reg("chatty", "c", hb), "agent:chatty")
+        .await
+        .unwrap();
     // Keep one heartbeating; let the other fall silent past 3 intervals.
     let until = tokio::time::Instant::now()
         + Duration::from_millis(hb * u64::from(LOST_AFTER_HEARTBEATS) + 250);
@@ -102,7 +126,10 @@ pub async fn silent_agents_become_lost_by_the_store_clock(fx: Fixture) {
     let state = |id: &str| snap.agents.iter().find(|a| a.id == id).map(|a| a.state);
     assert_eq!(state("quiet"), Some(AgentState::Lost));
     assert_eq!(state("chatty"), Some(AgentState::Alive));
-    assert_eq!(snap.alive().map(|a| a.id.as_str()).collect::<Vec<_>>(), ["chatty"]);
+    assert_eq!(
+        snap.alive().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+        ["chatty"]
+    );
     // A heartbeat brings a lost agent back.
     s.heartbeat_agent("quiet", "q", 0).await.unwrap();
     assert_eq!(
@@ -118,5 +145,10 @@ pub async fn invalid_registrations_write_nothing(fx: Fixture) {
         assert!(matches!(e, StoreError::Invalid { .. }), "{e}");
     }
     assert!(s.list_agents().await.unwrap().agents.is_empty());
-    assert!(s.list_audit(&AuditQuery::default()).await.unwrap().is_empty());
+    assert!(
+        s.list_audit(&AuditQuery::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
