@@ -367,6 +367,20 @@ fn kill_9_of_an_agent_makes_it_lost_within_3_heartbeats_and_later_runs_skip_it()
     for a in fleet.agents.iter().filter(|a| a.id != victim) {
         assert!(faults_on(a.addr(), &token).is_empty(), "{}", a.id);
     }
+    // Halt reaches every alive registered agent (with its api token), not the lost one.
+    let (code, halted) = api(api_addr, "POST", "/v1/halt", &Value::Null);
+    assert_eq!(code, 200, "{halted}");
+    let reached: BTreeSet<String> = halted["agents"]
+        .as_array()
+        .expect("agents")
+        .iter()
+        .filter(|h| !h["report"].is_null())
+        .filter_map(|h| h["agent"].as_str().map(str::to_owned))
+        .collect();
+    for a in fleet.agents.iter().filter(|a| a.id != victim) {
+        assert!(reached.contains(&a.id), "{} not halted: {halted}", a.id);
+    }
+    assert!(!halted.to_string().contains(victim), "{halted}");
 }
 
 #[test]
