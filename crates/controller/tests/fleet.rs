@@ -299,3 +299,58 @@ async fn an_agent_waiting_for_its_controller_refuses_every_request() {
     assert!(!agent.token.has_issued());
     agent.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_token_that_is_also_an_api_token_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = ServiceConfig::new(
+        format!("sqlite://{}/runs.db", dir.path().display()),
+        dir.path().join("state"),
+    );
+    c.listen = "127.0.0.1:0".parse().expect("addr");
+    c.tokens = vec![ApiToken::new("root", Role::Admin, ADMIN)];
+    std::fs::write(dir.path().join("join"), ADMIN).expect("join file");
+    c.fleet.join_token_file = Some(dir.path().join("join"));
+    let e = service::start(c).await.expect_err("refused").to_string();
+    assert!(e.contains("also an API token"), "{e}");
+}
+
+#[test]
+fn the_fleet_block_of_the_config_file_parses_with_defaults() {
+    use faultline_controller::service::ConfigFile;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("serve.yaml");
+    std::fs::write(
+        &path,
+        "fleet:\n  join_token_file: /etc/faultline/join/token\n  secret_file: /etc/faultline/fleet/secret\n  heartbeat: 300ms\n",
+    )
+    .expect("config");
+    let f = ConfigFile::load(&path)
+        .expect("parses")
+        .fleet
+        .settings()
+        .expect("valid");
+    assert_eq!(f.heartbeat, Duration::from_millis(300));
+    assert_eq!(
+        f.join_token_file.as_deref(),
+        Some(std::path::Path::new("/etc/faultline/join/token"))
+    );
+    std::fs::write(&path, "fleet: {}\n").expect("config");
+    let d = ConfigFile::load(&path)
+        .expect("parses")
+        .fleet
+        .settings()
+        .expect("valid");
+    assert_eq!(d.heartbeat, faultline_controller::fleet::DEFAULT_HEARTBEAT);
+    assert!(d.join_token_file.is_none() && d.secret_file.is_none());
+    std::fs::write(&path, "fleet: { heartbeat: 0s }\n").expect("config");
+    assert!(
+        ConfigFile::load(&path)
+            .expect("parses")
+            .fleet
+            .settings()
+            .is_err()
+    );
+    std::fs::write(&path, "fleet: { joins: x }\n").expect("config");
+    assert!(ConfigFile::load(&path).is_err(), "unknown keys are errors");
+}
