@@ -230,7 +230,12 @@ impl Registry {
         let given = std::str::from_utf8(given).map_err(|_| refused())?;
         match self
             .store
-            .heartbeat_agent(id, &tokens::token_hash(given), req.active_faults)
+            .heartbeat_agent(
+                id,
+                &tokens::token_hash(given),
+                req.active_faults,
+                self.heartbeat_ms(),
+            )
             .await?
         {
             Some(_) => Ok(HeartbeatResponse {

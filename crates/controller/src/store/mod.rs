@@ -488,13 +488,16 @@ pub trait RunStore: Send + Sync + fmt::Debug {
         actor: &'a str,
     ) -> BoxFuture<'a, Result<RegisteredAgent>>;
     /// A heartbeat: when `token_hash` is the agent's (compared in constant time),
-    /// stamps `last_seen` with the store's now and keeps `active_faults`; `None`
-    /// when the id is unknown or the hash is not its own.
+    /// stamps `last_seen` with the store's now and keeps `active_faults` and
+    /// `heartbeat_ms` (the interval the agent is told now: a controller whose
+    /// configured heartbeat changed judges `lost` by the new one from here);
+    /// `None` when the id is unknown or the hash is not its own.
     fn heartbeat_agent<'a>(
         &'a self,
         id: &'a str,
         token_hash: &'a str,
         active_faults: u64,
+        heartbeat_ms: u64,
     ) -> BoxFuture<'a, Result<Option<RegisteredAgent>>>;
     /// Every registered agent, by id, with its state as of the store's now.
     fn list_agents(&self) -> BoxFuture<'_, Result<AgentSnapshot>>;

@@ -973,6 +973,7 @@ impl RunStore for PostgresStore {
         id: &'a str,
         token_hash: &'a str,
         active_faults: u64,
+        heartbeat_ms: u64,
     ) -> BoxFuture<'a, Result<Option<RegisteredAgent>>> {
         Box::pin(async move {
             let mut c = self.conn().await?;
@@ -990,13 +991,15 @@ impl RunStore for PostgresStore {
                 return Ok(None);
             }
             let active = i64::try_from(active_faults).unwrap_or(i64::MAX);
+            let heartbeat_ms = i64::try_from(heartbeat_ms.max(1)).unwrap_or(i64::MAX);
             let row = tx
                 .query_one(
                     &format!(
-                        "UPDATE agents SET last_seen = clock_timestamp(), active_faults = $2
+                        "UPDATE agents SET last_seen = clock_timestamp(), active_faults = $2,
+                             heartbeat_ms = $3
                          WHERE id = $1 RETURNING {AGENT_COLS}, clock_timestamp() AS store_now"
                     ),
-                    &[&id, &active],
+                    &[&id, &active, &heartbeat_ms],
                 )
                 .await?;
             let agent = registered_agent(&row)?;

@@ -862,6 +862,7 @@ impl RunStore for SqliteStore {
         id: &'a str,
         token_hash: &'a str,
         active_faults: u64,
+        heartbeat_ms: u64,
     ) -> BoxFuture<'a, Result<Option<RegisteredAgent>>> {
         let (id, token_hash) = (id.to_owned(), token_hash.to_owned());
         self.call(move |conn| {
@@ -877,8 +878,14 @@ impl RunStore for SqliteStore {
             }
             let at = now();
             tx.execute(
-                "UPDATE agents SET last_seen = ?2, active_faults = ?3 WHERE id = ?1",
-                params![id, ts(at), i64::try_from(active_faults).unwrap_or(i64::MAX)],
+                "UPDATE agents SET last_seen = ?2, active_faults = ?3, heartbeat_ms = ?4
+                 WHERE id = ?1",
+                params![
+                    id,
+                    ts(at),
+                    i64::try_from(active_faults).unwrap_or(i64::MAX),
+                    i64::try_from(heartbeat_ms.max(1)).unwrap_or(i64::MAX)
+                ],
             )?;
             let agent = get_agent(&tx, &id, at)?;
             tx.commit()?;

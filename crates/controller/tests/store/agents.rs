@@ -10,6 +10,9 @@ use serde_json::json;
 
 use crate::common::Fixture;
 
+/// The interval heartbeats report in these tests, unless a test says otherwise.
+const HB: u64 = 5000;
+
 crate::on_both_backends!(agents:
     registration_upserts_and_bumps_the_generation,
     heartbeats_need_the_current_token_hash,
@@ -88,22 +91,37 @@ pub async fn heartbeats_need_the_current_token_hash(fx: Fixture) {
         .await
         .unwrap();
     let seen = s
-        .heartbeat_agent("w1", "old", 3)
+        .heartbeat_agent("w1", "old", 3, HB)
         .await
         .unwrap()
         .expect("known");
     assert_eq!(seen.active_faults, 3);
     assert!(seen.last_seen >= first.last_seen);
-    assert_eq!(s.heartbeat_agent("w1", "wrong", 0).await.unwrap(), None);
-    assert_eq!(s.heartbeat_agent("ghost", "old", 0).await.unwrap(), None);
+    assert_eq!(s.heartbeat_agent("w1", "wrong", 0, HB).await.unwrap(), None);
+    assert_eq!(
+        s.heartbeat_agent("ghost", "old", 0, HB).await.unwrap(),
+        None
+    );
     // A re-registration rotates the token: the old one is refused.
     s.register_agent(&reg("w1", "new", 5000), "agent:w1")
         .await
         .unwrap();
-    assert_eq!(s.heartbeat_agent("w1", "old", 0).await.unwrap(), None);
-    assert!(s.heartbeat_agent("w1", "new", 0).await.unwrap().is_some());
+    assert_eq!(s.heartbeat_agent("w1", "old", 0, HB).await.unwrap(), None);
+    assert!(
+        s.heartbeat_agent("w1", "new", 0, HB)
+            .await
+            .unwrap()
+            .is_some()
+    );
     // A refused heartbeat changed nothing.
     assert_eq!(s.get_agent("w1").await.unwrap().unwrap().active_faults, 0);
+    // A heartbeat keeps the interval the agent is told now.
+    let slower = s
+        .heartbeat_agent("w1", "new", 1, 9000)
+        .await
+        .unwrap()
+        .expect("known");
+    assert_eq!(slower.heartbeat_ms, 9000);
 }
 
 pub async fn silent_agents_become_lost_by_the_store_clock(fx: Fixture) {
@@ -119,7 +137,12 @@ pub async fn silent_agents_become_lost_by_the_store_clock(fx: Fixture) {
     let until = tokio::time::Instant::now()
         + Duration::from_millis(hb * u64::from(LOST_AFTER_HEARTBEATS) + 250);
     while tokio::time::Instant::now() < until {
-        assert!(s.heartbeat_agent("chatty", "c", 0).await.unwrap().is_some());
+        assert!(
+            s.heartbeat_agent("chatty", "c", 0, hb)
+                .await
+                .unwrap()
+                .is_some()
+        );
         tokio::time::sleep(Duration::from_millis(hb / 2)).await;
     }
     let snap = s.list_agents().await.unwrap();
@@ -131,7 +154,7 @@ pub async fn silent_agents_become_lost_by_the_store_clock(fx: Fixture) {
         ["chatty"]
     );
     // A heartbeat brings a lost agent back.
-    s.heartbeat_agent("quiet", "q", 0).await.unwrap();
+    s.heartbeat_agent("quiet", "q", 0, hb).await.unwrap();
     assert_eq!(
         s.get_agent("quiet").await.unwrap().map(|a| a.state),
         Some(AgentState::Alive)
