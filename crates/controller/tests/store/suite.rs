@@ -858,7 +858,7 @@ async fn a_newer_schema_is_refused() {
             e,
             StoreError::SchemaTooNew {
                 found: 99,
-                known: 1
+                known: 2
             }
         ),
         "{e}"
