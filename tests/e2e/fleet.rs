@@ -185,6 +185,18 @@ fn fifty_agents_register_within_5s_and_percent_20_injects_on_exactly_10_then_rev
             )
         });
     assert!(took <= Duration::from_secs(5), "registered in {took:?}");
+    // And GET /v1/agents (its own view, each agent asked) lists all 50 alive
+    // within 5 s of the first agent's start.
+    let deadline = fleet.spawned_at + Duration::from_secs(5);
+    let mut listed = Vec::new();
+    while listed.len() < 50 {
+        assert!(
+            Instant::now() < deadline,
+            "GET /v1/agents lists {} alive after 5 s",
+            listed.len()
+        );
+        listed = fleet::listed_alive(api_addr, ADMIN);
+    }
     let (code, listed) = api(api_addr, "GET", "/v1/agents", &Value::Null);
     assert_eq!(code, 200);
     let registered: Vec<&Value> = listed

@@ -364,9 +364,10 @@ impl Fleet {
         std::fs::read_to_string(self.net.dir().join(format!("agent-{i}.log"))).unwrap_or_default()
     }
 
-    /// Polls `GET /v1/agents` on the controller at `api` (with `token`) until
-    /// every agent of the fleet is listed `alive`, at most `within`; answers how
-    /// long it took from the spawn of the agents, or the ids still missing.
+    /// Polls the controller at `api` (with `token`) until every agent of the
+    /// fleet is registered and alive, at most `within` ([`alive_ids`]); answers
+    /// how long it took from the spawn of the first agent, or the ids still
+    /// missing.
     pub fn await_registered(
         &self,
         api: SocketAddr,
@@ -393,8 +394,22 @@ impl Fleet {
     }
 }
 
-/// The ids `GET /v1/agents` lists as registered and alive (empty on any error).
+/// The ids the controller would select from now (`GET /v1/fleet/snapshot`: the
+/// alive registered agents and its inventory's), empty on any error. Cheap: the
+/// store only, no agent is asked, so polling it does not load the fleet.
 pub fn alive_ids(api: SocketAddr, token: &str) -> Vec<String> {
+    match http_json(api, "GET", "/v1/fleet/snapshot", token, "") {
+        Ok((200, snap)) => snap["inventory"]["agents"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+/// The ids `GET /v1/agents` lists as registered and alive: the controller's
+/// full view, each agent asked (empty on any error).
+pub fn listed_alive(api: SocketAddr, token: &str) -> Vec<String> {
     match http_json(api, "GET", "/v1/agents", token, "") {
         Ok((200, serde_json::Value::Array(list))) => list
             .iter()
