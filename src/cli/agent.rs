@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
+use faultline_agent::register::RegisterConfig;
 use faultline_agent::{AgentConfig, Token};
 
 use super::exit;
@@ -15,7 +16,8 @@ use super::exit;
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
     /// Agent config (YAML: listen, token_file, state_dir, labels, tls_cert,
-    /// tls_key); see agents/agent-config.example.yaml.
+    /// tls_key, controller, join_token_file, advertise, controller_ca, id); see
+    /// agents/agent-config.example.yaml.
     #[arg(long, value_name = "F")]
     config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:7600]. Anything beyond loopback
@@ -38,6 +40,21 @@ pub struct AgentArgs {
     /// PEM private key for TLS.
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Register with this controller and heartbeat (`https://controller:7700`);
+    /// needs --join-token-file. The controller's api token is then accepted
+    /// besides --token-file, and nothing is served until registration gave one.
+    #[arg(long, value_name = "URL")]
+    controller: Option<String>,
+    /// File holding the fleet's join token (whitespace trimmed).
+    #[arg(long, value_name = "F")]
+    join_token_file: Option<PathBuf>,
+    /// HOST:PORT the controller reaches this agent at [default: the listen
+    /// address, unless it is a wildcard]; the scheme follows TLS.
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<String>,
+    /// This agent's id in the fleet [default: the host name].
+    #[arg(long, value_name = "ID")]
+    id: Option<String>,
 }
 
 /// The `--config` file: the same settings as the flags.
@@ -51,6 +68,26 @@ struct ConfigFile {
     labels: BTreeMap<String, String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    controller: Option<String>,
+    join_token_file: Option<PathBuf>,
+    advertise: Option<String>,
+    /// PEM CA of the controller's certificate (https controllers with a private CA).
+    controller_ca: Option<PathBuf>,
+    id: Option<String>,
+}
+
+/// `HOST:PORT` with the agent's scheme; a full URL is taken as it is.
+fn advertise_url(advertise: &str, tls: bool) -> anyhow::Result<String> {
+    let a = advertise.trim().trim_end_matches('/');
+    if a.starts_with("http://") || a.starts_with("https://") {
+        return Ok(a.to_owned());
+    }
+    match a.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            Ok(format!("{}://{a}", if tls { "https" } else { "http" }))
+        }
+        _ => bail!("--advertise {advertise:?}: expected HOST:PORT"),
+    }
 }
 
 fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
@@ -82,11 +119,6 @@ pub fn run(args: AgentArgs) -> anyhow::Result<u8> {
         Some(f) => Some(faultline_agent::auth::read_token_file(&f).map_err(anyhow::Error::msg)?),
         None => None,
     };
-    if token.is_none() && !listen.ip().is_loopback() {
-        bail!(
-            "refusing to listen on {listen} without a token: give --token-file, or listen on 127.0.0.1"
-        );
-    }
     let tls = match (
         args.tls_cert.or(file.tls_cert),
         args.tls_key.or(file.tls_key),
@@ -95,7 +127,40 @@ pub fn run(args: AgentArgs) -> anyhow::Result<u8> {
         (None, None) => None,
         _ => bail!("TLS needs both a certificate and a key (tls_cert and tls_key)"),
     };
+    let register = match args.controller.or(file.controller) {
+        Some(controller) => {
+            let Some(join) = args.join_token_file.or(file.join_token_file) else {
+                bail!(
+                    "--controller needs --join-token-file (join_token_file): registration is authenticated"
+                );
+            };
+            let join_token =
+                faultline_agent::auth::read_token_file(&join).map_err(anyhow::Error::msg)?;
+            let url = match args.advertise.or(file.advertise) {
+                Some(a) => Some(advertise_url(&a, tls.is_some())?),
+                None => None,
+            };
+            Some(RegisterConfig {
+                controller,
+                join_token,
+                id: args
+                    .id
+                    .or(file.id)
+                    .unwrap_or_else(faultline_agent::register::hostname),
+                url,
+                controller_ca: file.controller_ca,
+            })
+        }
+        None => None,
+    };
+    // With a controller, requests are refused until it issued a token.
+    if token.is_none() && register.is_none() && !listen.ip().is_loopback() {
+        bail!(
+            "refusing to listen on {listen} without a token: give --token-file or --controller, or listen on 127.0.0.1"
+        );
+    }
     let config = AgentConfig {
+        register,
         listen,
         token: Token::new(token),
         state_dir: args
@@ -105,6 +170,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<u8> {
         labels: args.labels.unwrap_or(file.labels),
         tls,
     };
+    let controller = config.register.as_ref().map(|r| r.controller.clone());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -118,6 +184,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<u8> {
             eprintln!("faultline agent: could NOT revert {}: {}", f.id, f.reason);
         }
         eprintln!("faultline agent: listening on {}", agent.local_addr);
+        if let Some(c) = &controller {
+            eprintln!("faultline agent: registering with {c}");
+        }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("installing the SIGTERM handler")?;
         tokio::select! {
@@ -168,6 +237,21 @@ mod tests {
             }
         }
         assert!(found, "no agent.yaml in the ConfigMap");
+    }
+
+    #[test]
+    fn advertise_takes_the_scheme_of_tls() {
+        assert_eq!(
+            advertise_url("10.0.0.5:7600", false).unwrap(),
+            "http://10.0.0.5:7600"
+        );
+        assert_eq!(
+            advertise_url("gpu-1:7600", true).unwrap(),
+            "https://gpu-1:7600"
+        );
+        assert_eq!(advertise_url("https://x:1/", false).unwrap(), "https://x:1");
+        assert!(advertise_url("nohost", false).is_err());
+        assert!(advertise_url("h:notaport", false).is_err());
     }
 
     #[test]

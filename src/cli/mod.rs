@@ -3,6 +3,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod agent;
+mod agents;
 mod demo;
 mod guardian;
 mod host;
@@ -74,6 +75,9 @@ enum Command {
         seed: u64,
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
+        // === fleet (registry) ===
+        #[command(flatten)]
+        remote: agents::ControllerOpts,
     },
     /// Run an experiment: baseline, faults through the agents, recovery, verify.
     /// Exit 0 every hypothesis held, 1 one failed, 2 invalid input, 3 aborted with
@@ -85,6 +89,9 @@ enum Command {
     /// Run the per-host agent: faults injected under leases, journaled before
     /// injecting, reverted when a lease lapses and at start.
     Agent(agent::AgentArgs),
+    /// The fleet a controller knows: registered agents with their state (alive,
+    /// lost) and last heartbeat, the inventory's, and the faults each holds now.
+    Agents(agents::AgentsArgs),
     /// Run the controller service: HTTP API, run manager and game-day scheduler,
     /// until Ctrl-C or SIGTERM (which abort and revert every run in flight).
     Serve(serve::ServeArgs),
@@ -124,10 +131,12 @@ pub fn main() -> ExitCode {
             inventory,
             seed,
             output,
-        } => plan::run(&file, inventory.as_deref(), seed, output),
+            remote,
+        } => plan::run(&file, inventory.as_deref(), seed, output, &remote),
         Command::Run(args) => run::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Agent(args) => agent::run(args),
+        Command::Agents(args) => agents::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Proxy(args) => proxy::run(args),
         Command::Status(args) => host::status(args),

@@ -1,4 +1,4 @@
-//! `faultline plan FILE [--inventory F]`
+//! `faultline plan FILE [--inventory F | --controller URL]`
 
 use std::io::Write as _;
 use std::path::Path;
@@ -8,15 +8,38 @@ use faultline_spec::{Experiment, Inventory, Report, Severity, load_file};
 
 use super::{Output, exit};
 
-pub fn run(file: &Path, inventory: Option<&Path>, seed: u64, output: Output) -> anyhow::Result<u8> {
-    let (_, plan) = match load_and_plan(file, inventory, seed) {
-        Ok(loaded) => loaded,
-        Err(code) => return Ok(code),
+pub fn run(
+    file: &Path,
+    inventory: Option<&Path>,
+    seed: u64,
+    output: Output,
+    remote: &super::agents::ControllerOpts,
+) -> anyhow::Result<u8> {
+    let plan = match remote.client()? {
+        // The controller's live registry snapshot, resolved here with the same
+        // code and seed the service uses.
+        Some(c) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (inv, lost) = runtime.block_on(super::agents::snapshot_inventory(&c))?;
+            if !lost.is_empty() {
+                eprintln!("faultline: lost, never selected: {}", lost.join(", "));
+            }
+            match plan_over(file, inv, seed) {
+                Ok((_, plan)) => plan,
+                Err(code) => return Ok(code),
+            }
+        }
+        None => match load_and_plan(file, inventory, seed) {
+            Ok((_, (_, plan))) => plan,
+            Err(code) => return Ok(code),
+        },
     };
     match output {
-        Output::Json => super::print_json(&plan.1),
+        Output::Json => super::print_json(&plan),
         Output::Text => {
-            write!(std::io::stdout().lock(), "{}", plan.1.render())?;
+            write!(std::io::stdout().lock(), "{}", plan.render())?;
             Ok(exit::OK)
         }
     }
@@ -30,14 +53,25 @@ pub fn load_and_plan(
     inventory: Option<&Path>,
     seed: u64,
 ) -> Result<(Experiment, (Inventory, faultline_controller::Plan)), u8> {
+    let inventory = load_inventory(inventory)?;
+    let (experiment, plan) = plan_over(file, inventory.clone(), seed)?;
+    Ok((experiment, (inventory, plan)))
+}
+
+/// The experiment in `file` planned over `inventory`, or the exit code after the
+/// located diagnostics went to stderr.
+pub fn plan_over(
+    file: &Path,
+    inventory: Inventory,
+    seed: u64,
+) -> Result<(Experiment, faultline_controller::Plan), u8> {
     let loaded = load_file(file);
     let Some(experiment) = loaded.experiment else {
         eprint!("{}", loaded.report.render());
         return Err(exit::INVALID);
     };
-    let inventory = load_inventory(inventory)?;
     match faultline_controller::plan(&experiment, &inventory, seed) {
-        Ok(p) => Ok((experiment, (inventory, p))),
+        Ok(p) => Ok((experiment, p)),
         Err(errors) => {
             // Point each unresolvable target at its place in the experiment.
             let name = file.display().to_string();

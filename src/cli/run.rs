@@ -31,6 +31,11 @@ pub struct RunArgs {
     /// same agents. Random when not given (the journal records it).
     #[arg(long)]
     seed: Option<u64>,
+    /// Submit the run to a controller instead (`POST /v1/runs`), print the
+    /// selection it makes from its live registry, follow its events, and exit
+    /// with the run's exit code.
+    #[command(flatten)]
+    remote: super::agents::ControllerOpts,
 }
 
 /// Where a run's results go; shared by `run` and `demo`.
@@ -59,6 +64,13 @@ pub struct OutputArgs {
 
 pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     let seed = args.seed.unwrap_or_else(rand::random);
+    if let Some(client) = args.remote.client()? {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        return runtime.block_on(remote::run(&client, &args.file, seed, &args.out));
+    }
     let (exp, (inventory, _plan)) =
         match super::plan::load_and_plan(&args.file, args.inventory.as_deref(), seed) {
             Ok(loaded) => loaded,
@@ -311,6 +323,154 @@ fn write_outputs(journal: &Journal, out: &OutputArgs) -> anyhow::Result<u8> {
         );
     }
     Ok(exit_code(journal.status))
+}
+
+/// `run --controller`: the run happens on the controller; this process shows it.
+mod remote {
+    use std::path::Path;
+
+    use anyhow::Context as _;
+    use faultline_controller::client::ControllerClient;
+    use faultline_controller::client::controller::Method;
+    use faultline_controller::journal::{Event, Journal};
+    use serde_json::{Value, json};
+    use tokio::sync::mpsc;
+
+    use super::{OutputArgs, exit};
+
+    pub async fn run(
+        c: &ControllerClient,
+        file: &Path,
+        seed: u64,
+        out: &OutputArgs,
+    ) -> anyhow::Result<u8> {
+        // Validate here first: invalid input exits 2 with located diagnostics,
+        // and nothing is sent.
+        let yaml =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let (inventory, lost) = super::super::agents::snapshot_inventory(c).await?;
+        let (_exp, plan) = match super::super::plan::plan_over(file, inventory, seed) {
+            Ok(p) => p,
+            Err(code) => return Ok(code),
+        };
+        for sel in &plan.targets {
+            eprintln!(
+                "faultline: target {} ({}, {} matched): {}",
+                sel.target,
+                sel.mode,
+                sel.matched,
+                sel.agents.join(", ")
+            );
+        }
+        if !lost.is_empty() {
+            eprintln!("faultline: lost, never selected: {}", lost.join(", "));
+        }
+        let (status, run) = c
+            .call(
+                Method::POST,
+                "/v1/runs",
+                Some(&json!({ "yaml": yaml, "seed": seed })),
+            )
+            .await
+            .context("submitting the run")?;
+        match status {
+            200 | 202 => {}
+            422 => {
+                for d in run["diagnostics"].as_array().into_iter().flatten() {
+                    eprintln!(
+                        "{}:{}:{}: error: {}",
+                        file.display(),
+                        d["line"],
+                        d["column"],
+                        d["message"].as_str().unwrap_or("")
+                    );
+                }
+                eprintln!("error: {}", run["reason"].as_str().unwrap_or("refused"));
+                return Ok(exit::INVALID);
+            }
+            _ => {
+                eprintln!(
+                    "error: the controller refused the run ({status} {}): {}",
+                    run["error"].as_str().unwrap_or(""),
+                    run["reason"].as_str().unwrap_or("")
+                );
+                // Nothing was injected.
+                return Ok(if status == 400 || status == 403 || status == 401 {
+                    exit::INVALID
+                } else {
+                    exit::ABORTED
+                });
+            }
+        }
+        let id = run["id"]
+            .as_str()
+            .context("the controller's answer has no run id")?
+            .to_owned();
+        eprintln!("faultline: run {id} on the controller (seed {seed})");
+        // Ctrl-C / SIGTERM abort the run there; the stream then shows the revert.
+        let abort = {
+            let c = c.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                let Ok(mut term) =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                eprintln!("faultline: aborting run {id}");
+                if let Err(e) = c
+                    .call(Method::POST, &format!("/v1/runs/{id}/abort"), None)
+                    .await
+                {
+                    eprintln!("faultline: could not abort {id}: {e}");
+                }
+            })
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let live = std::io::IsTerminal::is_terminal(&std::io::stderr()) && !out.quiet;
+        let name = plan.experiment.clone();
+        let progress = tokio::spawn(super::show_progress(rx, name, live, out.quiet));
+        let followed = c
+            .follow_events(&id, 0, |ev| {
+                if let Ok(e) = serde_json::from_value::<Event>(ev.data.clone()) {
+                    let _ = tx.send(e);
+                }
+                true
+            })
+            .await;
+        drop(tx);
+        let _ = progress.await;
+        abort.abort();
+        followed.with_context(|| format!("following run {id}"))?;
+        let run = c
+            .get(&format!("/v1/runs/{id}"))
+            .await
+            .with_context(|| format!("reading run {id}"))?;
+        finish(&run, out)
+    }
+
+    fn finish(run: &Value, out: &OutputArgs) -> anyhow::Result<u8> {
+        if let Some(journal) = run.get("journal").filter(|j| !j.is_null()) {
+            let journal: Journal = serde_json::from_value(journal.clone())
+                .context("the run's journal is not one this faultline reads")?;
+            return super::write_outputs(&journal, out);
+        }
+        // No journal: it never ran (invalid, or the controller failed).
+        eprintln!(
+            "error: run {} ended {}: {}",
+            run["id"].as_str().unwrap_or("?"),
+            run["status"].as_str().unwrap_or("?"),
+            run["reason"].as_str().unwrap_or("")
+        );
+        Ok(run["exit_code"]
+            .as_u64()
+            .and_then(|c| u8::try_from(c).ok())
+            .unwrap_or(exit::ABORTED))
+    }
 }
 
 /// The exit code of a run's status: the constants CI gates rely on.

@@ -40,6 +40,17 @@ pub struct ServeArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, value_name = "F", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    // === fleet (registry) ===
+    /// The join token agents register with (`faultline agent --controller`);
+    /// without one, registration is off [config: fleet.join_token_file].
+    #[arg(long, value_name = "F")]
+    join_token_file: Option<PathBuf>,
+    /// The key of the api tokens the controller presents to registered agents;
+    /// replicas must share it [config: fleet.secret_file; default:
+    /// STATE_DIR/fleet-secret, created on first start].
+    #[arg(long, value_name = "F")]
+    fleet_secret_file: Option<PathBuf>,
+    // === end fleet (registry) ===
     // === replicas (HA) ===
     /// This replica's id, unique among the replicas on one store (config
     /// `ha.replica_id`) [default: HOSTNAME-PID].
@@ -90,6 +101,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
     config.tokens = file.resolve_tokens()?;
     config.allow = file.allow.clone();
     config.concurrency = file.concurrency;
+    // === fleet (registry) ===
+    config.fleet = file.fleet.settings()?;
+    if let Some(f) = args.join_token_file.clone() {
+        config.fleet.join_token_file = Some(f);
+    }
+    if let Some(f) = args.fleet_secret_file.clone() {
+        config.fleet.secret_file = Some(f);
+    }
+    // === end fleet (registry) ===
     config.tls = match (
         args.tls_cert.clone().or_else(|| file.tls_cert.clone()),
         args.tls_key.clone().or_else(|| file.tls_key.clone()),

@@ -5,6 +5,7 @@ mod agent;
 mod cli;
 mod demo;
 mod deploy;
+mod fleet;
 mod guardian;
 mod ha;
 mod llm;

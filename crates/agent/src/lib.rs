@@ -13,6 +13,7 @@ pub mod host;
 pub mod journal;
 pub mod manager;
 pub mod metrics;
+pub mod register;
 pub mod tls;
 
 use std::collections::BTreeMap;
@@ -34,6 +35,9 @@ pub struct AgentConfig {
     pub labels: BTreeMap<String, String>,
     /// PEM certificate chain and key; plain HTTP without.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Register with a controller and heartbeat (`--controller`); the token the
+    /// controller issues is then accepted besides `token`.
+    pub register: Option<register::RegisterConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +55,12 @@ pub enum AgentError {
     },
     #[error("TLS: {0}")]
     Tls(String),
+    #[error(
+        "listening on {0}, a wildcard address, the controller cannot be told where this agent is: give --advertise HOST:PORT"
+    )]
+    Advertise(SocketAddr),
+    #[error("registration: {0}")]
+    Register(#[from] register::RegisterError),
 }
 
 /// A started agent: its journal recovered, its reaper and server running.
@@ -60,8 +70,11 @@ pub struct RunningAgent {
     pub local_addr: SocketAddr,
     /// What recovery reverted at start.
     pub recovered: HaltReport,
+    /// The token requests are checked against (with the controller-issued one).
+    pub token: Token,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     reaper: tokio::task::JoinHandle<()>,
+    registrar: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningAgent {
@@ -70,6 +83,9 @@ impl RunningAgent {
     pub async fn shutdown(self) -> HaltReport {
         self.server.abort();
         self.reaper.abort();
+        if let Some(r) = &self.registrar {
+            r.abort();
+        }
         self.manager.halt().await
     }
 
@@ -104,7 +120,14 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         addr: config.listen,
         source,
     })?;
-    let app = api::router(manager.clone(), config.token.clone());
+    // With a controller, requests are refused until registration issued a token
+    // (or the static one matches): never an open API beyond loopback.
+    let token = if config.register.is_some() {
+        config.token.for_controller()
+    } else {
+        config.token.clone()
+    };
+    let app = api::router(manager.clone(), token.clone());
     let server = match tls {
         Some(tls) => {
             let listener =
@@ -117,11 +140,34 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         None => tokio::spawn(async move { axum::serve(listener, app).await }),
     };
     tracing::info!(addr = %local_addr, tls = config.tls.is_some(), "agent listening");
+    // Registration starts once the API serves: the controller may call it at once.
+    let registrar = match config.register {
+        Some(r) => {
+            let url = match &r.url {
+                Some(u) => u.clone(),
+                None if local_addr.ip().is_unspecified() => {
+                    return Err(AgentError::Advertise(local_addr));
+                }
+                None => format!(
+                    "{}://{local_addr}",
+                    if config.tls.is_some() {
+                        "https"
+                    } else {
+                        "http"
+                    }
+                ),
+            };
+            Some(register::spawn(r, url, manager.clone(), token.clone())?)
+        }
+        None => None,
+    };
     Ok(RunningAgent {
         manager,
         local_addr,
         recovered,
+        token,
         server,
         reaper,
+        registrar,
     })
 }

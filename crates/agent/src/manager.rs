@@ -224,6 +224,11 @@ impl Manager {
         Ok(report)
     }
 
+    /// How many faults are active now (what a heartbeat reports).
+    pub async fn active_count(&self) -> u64 {
+        u64::try_from(self.faults.lock().await.len()).unwrap_or(u64::MAX)
+    }
+
     pub async fn health(&self) -> Health {
         Health {
             version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -29,6 +29,7 @@ async fn start(state: &Path, token: Option<&str>) -> RunningAgent {
         state_dir: state.to_owned(),
         labels: [("role".to_owned(), "test".to_owned())].into(),
         tls: None,
+        register: None,
     })
     .await
     .expect("agent starts")
@@ -305,6 +306,7 @@ async fn refuses_to_listen_beyond_loopback_without_a_token() {
         state_dir: state.path().to_owned(),
         labels: Default::default(),
         tls: None,
+        register: None,
     })
     .await
     .expect_err("refused");

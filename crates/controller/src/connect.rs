@@ -1,7 +1,14 @@
 //! From a plan to the clients a run uses: one [`AgentClient`] per agent the
-//! experiment's targets resolve to, over HTTP for inventory agents and in this
-//! process for `local`. Shared by `faultline run` and `faultline serve`, so both
-//! reach agents the same way.
+//! experiment's targets resolve to, over HTTP for inventory agents and for agents
+//! that registered themselves (the live registry, `crate::fleet`: alive ones
+//! only, with the api token the fleet secret gives them), and in this process
+//! for `local`. Shared by `faultline run` and `faultline serve`, so both reach
+//! agents the same way.
+//!
+//! Targets resolve against one merged inventory: the inventory file's agents,
+//! then the registry snapshot's alive agents by id (an inventory name wins over
+//! a registered agent of the same id). The same seed over the same snapshot
+//! picks the same agents.
 //!
 //! The in-process agent is started once per [`Connector`] and kept: its journal
 //! under the state directory lets a restart revert what a killed process left, and
@@ -18,7 +25,10 @@ use tokio::sync::OnceCell;
 
 use crate::client::{AgentClient, ClientError, HaltReport, HttpClient, LocalClient};
 use crate::engine::Agents;
+use crate::engine::faults::FanOut;
+use crate::fleet::Registry;
 use crate::select::{SelectError, Selection, resolve};
+use crate::store::AgentSnapshot;
 
 /// How long an inventory agent has to answer one control call.
 pub const AGENT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -58,8 +68,29 @@ pub struct AgentHalt {
 #[derive(Debug)]
 pub struct Connector {
     inventory: Inventory,
+    registry: Option<Arc<Registry>>,
     local_state_dir: PathBuf,
     local: OnceCell<(Arc<LocalClient>, HaltReport)>,
+}
+
+/// The inventory file's agents plus the snapshot's alive ones (an inventory
+/// name wins over a registered id).
+pub fn merge(inventory: &Inventory, snapshot: Option<&AgentSnapshot>) -> Inventory {
+    let mut merged = inventory.clone();
+    for a in snapshot.into_iter().flat_map(AgentSnapshot::alive) {
+        if a.id == LOCAL_AGENT || merged.agents.contains_key(&a.id) {
+            continue;
+        }
+        merged.agents.insert(
+            a.id.clone(),
+            faultline_spec::inventory::AgentEntry {
+                url: a.url.clone(),
+                labels: a.labels.clone(),
+                token_file: None,
+            },
+        );
+    }
+    merged
 }
 
 impl Connector {
@@ -67,48 +98,113 @@ impl Connector {
     pub fn new(inventory: Inventory, local_state_dir: PathBuf) -> Self {
         Connector {
             inventory,
+            registry: None,
             local_state_dir,
             local: OnceCell::new(),
         }
     }
 
-    pub fn inventory(&self) -> &Inventory {
+    /// Targets also resolve against the live registry's alive agents.
+    pub fn with_registry(mut self, registry: Arc<Registry>) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    pub fn registry(&self) -> Option<&Arc<Registry>> {
+        self.registry.as_ref()
+    }
+
+    /// The inventory file's agents only.
+    pub fn static_inventory(&self) -> &Inventory {
         &self.inventory
     }
 
-    /// The experiment's targets, resolved with `seed`.
+    /// What targets resolve against now: the inventory plus the registry
+    /// snapshot's alive agents.
+    pub fn inventory(&self) -> Inventory {
+        let snap = self.registry.as_ref().map(|r| r.snapshot());
+        merge(&self.inventory, snap.as_deref())
+    }
+
+    /// The experiment's targets, resolved with `seed` against [`Self::inventory`].
     pub fn resolve(
         &self,
         exp: &Experiment,
         seed: u64,
     ) -> Result<IndexMap<String, Selection>, ConnectError> {
-        resolve(exp, &self.inventory, seed).map_err(ConnectError::Unresolved)
+        resolve(exp, &self.inventory(), seed).map_err(ConnectError::Unresolved)
     }
 
     /// One client per agent the targets resolve to, in first-use order.
     pub async fn agents(&self, exp: &Experiment, seed: u64) -> Result<Agents, ConnectError> {
-        let selections = self.resolve(exp, seed)?;
+        Ok(self.connect(exp, seed).await?.0)
+    }
+
+    /// Refreshes the registry snapshot, resolves the targets against it and
+    /// answers one client per chosen agent together with the inventory the
+    /// selection was made over (what the engine resolves against again, so both
+    /// see one snapshot).
+    pub async fn connect(
+        &self,
+        exp: &Experiment,
+        seed: u64,
+    ) -> Result<(Agents, Inventory), ConnectError> {
+        let snap = match &self.registry {
+            Some(r) => Some(match r.refresh().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "registry: using the last snapshot");
+                    r.snapshot()
+                }
+            }),
+            None => None,
+        };
+        let inventory = merge(&self.inventory, snap.as_deref());
+        let selections = resolve(exp, &inventory, seed).map_err(ConnectError::Unresolved)?;
         let mut agents = Agents::new();
         for name in selections.values().flat_map(|s| s.agents.iter()) {
             if agents.contains_key(name) {
                 continue;
             }
-            let client = self.client(name).await?;
+            let client = self.client_in(name, snap.as_deref()).await?;
             agents.insert(name.clone(), client);
         }
-        Ok(agents)
+        Ok((agents, inventory))
     }
 
-    /// The client of one agent by inventory name (`local`: the in-process agent).
+    /// The client of one agent by inventory name or registered id (`local`: the
+    /// in-process agent).
     pub async fn client(&self, name: &str) -> Result<Arc<dyn AgentClient>, ConnectError> {
+        let snap = self.registry.as_ref().map(|r| r.snapshot());
+        self.client_in(name, snap.as_deref()).await
+    }
+
+    async fn client_in(
+        &self,
+        name: &str,
+        snap: Option<&AgentSnapshot>,
+    ) -> Result<Arc<dyn AgentClient>, ConnectError> {
         if name == LOCAL_AGENT {
             return Ok(self.local().await? as Arc<dyn AgentClient>);
         }
         let Some(entry) = self.inventory.agents.get(name) else {
-            return Err(ConnectError::BadAgent {
-                agent: name.to_owned(),
-                reason: "not in the inventory".to_owned(),
-            });
+            let registered = snap
+                .zip(self.registry.as_ref())
+                .and_then(|(s, r)| s.alive().find(|a| a.id == name).map(|a| (a, r)));
+            return match registered {
+                Some((agent, registry)) => {
+                    registry
+                        .client(agent)
+                        .map_err(|reason| ConnectError::BadAgent {
+                            agent: name.to_owned(),
+                            reason,
+                        })
+                }
+                None => Err(ConnectError::BadAgent {
+                    agent: name.to_owned(),
+                    reason: "neither in the inventory nor an alive registered agent".to_owned(),
+                }),
+            };
         };
         let bad = |reason: String| ConnectError::BadAgent {
             agent: name.to_owned(),
@@ -159,34 +255,145 @@ impl Connector {
         local.halt().await.ok()
     }
 
-    /// Halts every agent of the inventory and the in-process one, concurrently.
-    pub async fn halt_all(&self) -> Vec<AgentHalt> {
-        let mut names: Vec<String> = self.inventory.agents.keys().cloned().collect();
-        names.push(LOCAL_AGENT.to_owned());
-        let halts = names.into_iter().map(|name| async move {
-            let client = match self.client(&name).await {
-                Ok(c) => c,
+    /// Halts every agent of the inventory, every alive registered agent (the
+    /// store's now, not the last snapshot) and the in-process one, at most
+    /// [`crate::engine::faults::FAN_OUT`] at once.
+    pub async fn halt_all(self: &Arc<Self>) -> Vec<AgentHalt> {
+        let snap = match &self.registry {
+            Some(r) => match r.refresh().await {
+                Ok(s) => Some(s),
                 Err(e) => {
-                    return AgentHalt {
+                    tracing::warn!(error = %e, "registry: halting the agents of the last snapshot");
+                    Some(r.snapshot())
+                }
+            },
+            None => None,
+        };
+        let mut names: Vec<String> = self.inventory.agents.keys().cloned().collect();
+        for a in snap.iter().flat_map(|s| s.alive()) {
+            if !self.inventory.agents.contains_key(&a.id) && a.id != LOCAL_AGENT {
+                names.push(a.id.clone());
+            }
+        }
+        names.push(LOCAL_AGENT.to_owned());
+        let fan_out = FanOut::default();
+        let mut set = tokio::task::JoinSet::new();
+        for (i, name) in names.into_iter().enumerate() {
+            let this = Arc::clone(self);
+            let snap = snap.clone();
+            fan_out.spawn(&mut set, async move {
+                let halt = match this.client_in(&name, snap.as_deref()).await {
+                    Ok(client) => match client.halt().await {
+                        Ok(report) => AgentHalt {
+                            agent: name,
+                            report: Some(report),
+                            error: None,
+                        },
+                        Err(e) => AgentHalt {
+                            agent: name,
+                            report: None,
+                            error: Some(e.to_string()),
+                        },
+                    },
+                    Err(e) => AgentHalt {
                         agent: name,
                         report: None,
                         error: Some(e.to_string()),
-                    };
-                }
-            };
-            match client.halt().await {
-                Ok(report) => AgentHalt {
-                    agent: name,
-                    report: Some(report),
-                    error: None,
-                },
-                Err(e) => AgentHalt {
-                    agent: name,
-                    report: None,
-                    error: Some(e.to_string()),
-                },
+                    },
+                };
+                (i, halt)
+            });
+        }
+        let mut out: Vec<(usize, AgentHalt)> = Vec::new();
+        while let Some(done) = set.join_next().await {
+            match done {
+                Ok(h) => out.push(h),
+                Err(e) => tracing::error!(error = %e, "a halt call panicked"),
             }
-        });
-        futures_util::future::join_all(halts).await
+        }
+        out.sort_by_key(|(i, _)| *i);
+        out.into_iter().map(|(_, h)| h).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{AgentState, RegisteredAgent};
+
+    fn agent(id: &str, role: &str, state: AgentState) -> RegisteredAgent {
+        let now = chrono::Utc::now();
+        RegisteredAgent {
+            id: id.to_owned(),
+            url: format!("http://10.0.0.1:7600/{id}"),
+            labels: [("role".to_owned(), role.to_owned())].into(),
+            capabilities: Vec::new(),
+            version: "0.1.0".to_owned(),
+            host: serde_json::Value::Null,
+            generation: 1,
+            heartbeat_ms: 1000,
+            active_faults: 0,
+            registered_at: now,
+            last_seen: now,
+            state,
+        }
+    }
+
+    fn snapshot(n: usize, lost: &[usize]) -> AgentSnapshot {
+        AgentSnapshot {
+            at: chrono::Utc::now(),
+            agents: (0..n)
+                .map(|i| {
+                    let state = if lost.contains(&i) {
+                        AgentState::Lost
+                    } else {
+                        AgentState::Alive
+                    };
+                    agent(&format!("w{i:02}"), "worker", state)
+                })
+                .collect(),
+        }
+    }
+
+    fn experiment(mode: &str) -> Experiment {
+        let text = format!(
+            "version: faultline/v1\nname: t\ntargets:\n  t: {{ selector: {{ role: worker }}, mode: {mode} }}\nmethod:\n  - {{ name: s, target: t, fault: {{ process.pause: {{ pid: 1 }} }}, duration: 1s }}\n"
+        );
+        faultline_spec::load("t.yaml", &text)
+            .experiment
+            .expect("valid")
+    }
+
+    #[test]
+    fn selection_over_a_snapshot_is_reproducible_and_skips_lost_agents() {
+        let snap = snapshot(50, &[7, 13]);
+        let inv = merge(&Inventory::default(), Some(&snap));
+        assert_eq!(inv.agents.len(), 48, "lost agents are never candidates");
+        assert!(!inv.agents.contains_key("w07") && !inv.agents.contains_key("w13"));
+        let exp = experiment("percent(20%)");
+        let a = resolve(&exp, &inv, 42).unwrap();
+        // The same seed over the same snapshot, rebuilt, in another order.
+        let mut shuffled = snap.clone();
+        shuffled.agents.reverse();
+        let b = resolve(&exp, &merge(&Inventory::default(), Some(&shuffled)), 42).unwrap();
+        assert_eq!(a["t"].agents, b["t"].agents);
+        assert_eq!(a["t"].agents.len(), 10, "ceil(20% of 48)");
+        assert!(!a["t"].agents.iter().any(|x| x == "w07" || x == "w13"));
+        let all = resolve(&experiment("all"), &inv, 0).unwrap();
+        assert_eq!(all["t"].agents.len(), 48);
+    }
+
+    #[test]
+    fn inventory_names_win_over_registered_ids() {
+        let inv = Inventory::parse(
+            "inv.yaml",
+            "agents:\n  w01: { url: \"http://static:7600\", labels: { role: db } }\n",
+        )
+        .expect("inventory");
+        let merged = merge(&inv, Some(&snapshot(3, &[])));
+        assert_eq!(merged.agents.len(), 3);
+        assert_eq!(merged.agents["w01"].url, "http://static:7600");
+        assert_eq!(merged.agents["w02"].labels["role"], "worker");
+        assert_eq!(merge(&inv, None).agents.len(), 1);
     }
 }

@@ -15,6 +15,7 @@
 pub mod client;
 pub mod connect;
 pub mod engine;
+pub mod fleet;
 pub mod journal;
 pub mod plan;
 pub mod report;

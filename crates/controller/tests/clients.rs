@@ -104,6 +104,7 @@ async fn http_transport() {
         state_dir: state.path().to_owned(),
         labels: Default::default(),
         tls: None,
+        register: None,
     })
     .await
     .expect("agent");
@@ -145,6 +146,7 @@ async fn https_transport_with_a_private_ca() {
         state_dir: state.path().to_owned(),
         labels: Default::default(),
         tls: Some((certs.path().join("cert.pem"), certs.path().join("key.pem"))),
+        register: None,
     })
     .await
     .expect("agent with TLS");

@@ -731,6 +731,7 @@ async fn halt_reverts_every_agent_of_the_inventory() {
         state_dir: agent_dir.path().join("state"),
         labels: Default::default(),
         tls: None,
+        register: None,
     })
     .await
     .expect("agent");

@@ -1,16 +1,19 @@
 //! Test helpers shared by faultline's crates, used only as a dev-dependency:
 //! [`assert_fault_compliance`], which every fault kind's tests call; real child
 //! processes ([`Child`]); unique loopback addresses and network namespaces
-//! ([`NetNs`]) that clean up after themselves. Every wait here is bounded.
+//! ([`NetNs`]) that clean up after themselves; a fleet of real agent processes in
+//! namespaces of their own on one bridge ([`fleet`]). Every wait here is bounded.
 //!
 //! Never a normal dependency of anything shipped; never mocks a part of the host.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod compliance;
+pub mod fleet;
 mod netns;
 mod process;
 
 pub use compliance::{ComplianceCase, assert_fault_compliance};
+pub use fleet::{Fleet, FleetAgent, FleetNet, FleetSpec};
 pub use netns::{NetNs, unique_loopback};
 pub use process::Child;
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-fn unique_number() -> u32 {
+pub(crate) fn unique_number() -> u32 {
     // Tests of several binaries run at once: mix the pid in.
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     (std::process::id().wrapping_mul(131) + n) % 60_000

@@ -28,6 +28,7 @@ async fn main() -> std::process::ExitCode {
         state_dir: state_dir.into(),
         labels: Default::default(),
         tls: None,
+        register: None,
     };
     let mut agent = match faultline_agent::start(config).await {
         Ok(a) => a,

@@ -41,46 +41,12 @@ impl HttpClient {
         ca_pem: Option<&Path>,
         timeout: StdDuration,
     ) -> Result<Self, ClientError> {
-        let fail = |reason: String| ClientError::Unreachable {
-            agent: name.to_owned(),
-            reason,
-        };
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut builder = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(StdDuration::from_secs(5)));
-        match ca_pem {
-            Some(path) => {
-                use rustls_pki_types::CertificateDer;
-                use rustls_pki_types::pem::PemObject as _;
-                let mut roots = rustls::RootCertStore::empty();
-                for cert in CertificateDer::pem_file_iter(path)
-                    .map_err(|e| fail(format!("cannot read CA {}: {e}", path.display())))?
-                {
-                    let cert = cert.map_err(|e| fail(format!("CA {}: {e}", path.display())))?;
-                    roots
-                        .add(cert)
-                        .map_err(|e| fail(format!("CA {}: {e}", path.display())))?;
-                }
-                let config = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| fail(e.to_string()))?
-                    .with_root_certificates(roots)
-                    .with_no_client_auth();
-                builder = builder.tls_backend_preconfigured(config);
-            }
-            None => {
-                // reqwest builds its own config from the process-wide provider.
-                let _ = rustls::crypto::CryptoProvider::install_default(
-                    rustls::crypto::ring::default_provider(),
-                );
-            }
-        }
+        let http = reqwest_client(name, ca_pem, Some(timeout), timeout)?;
         Ok(Self {
             name: name.to_owned(),
             base: base.trim_end_matches('/').to_owned(),
             token,
-            http: builder.build().map_err(|e| fail(e.to_string()))?,
+            http,
         })
     }
 
@@ -128,6 +94,55 @@ impl HttpClient {
             reason: v["reason"].as_str().unwrap_or_default().to_owned(),
         })
     }
+}
+
+/// A reqwest client over rustls with the ring provider: `ca_pem`, the CA that
+/// signed the peer's certificate, or the platform's roots without it.
+/// `timeout` bounds whole calls (`None`: streams); `connect` the connection.
+pub(crate) fn reqwest_client(
+    name: &str,
+    ca_pem: Option<&Path>,
+    timeout: Option<StdDuration>,
+    connect: StdDuration,
+) -> Result<reqwest::Client, ClientError> {
+    let fail = |reason: String| ClientError::Unreachable {
+        agent: name.to_owned(),
+        reason,
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut builder =
+        reqwest::Client::builder().connect_timeout(connect.min(StdDuration::from_secs(5)));
+    if let Some(t) = timeout {
+        builder = builder.timeout(t);
+    }
+    match ca_pem {
+        Some(path) => {
+            use rustls_pki_types::CertificateDer;
+            use rustls_pki_types::pem::PemObject as _;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(path)
+                .map_err(|e| fail(format!("cannot read CA {}: {e}", path.display())))?
+            {
+                let cert = cert.map_err(|e| fail(format!("CA {}: {e}", path.display())))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| fail(format!("CA {}: {e}", path.display())))?;
+            }
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| fail(e.to_string()))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            builder = builder.tls_backend_preconfigured(config);
+        }
+        None => {
+            // reqwest builds its own config from the process-wide provider.
+            let _ = rustls::crypto::CryptoProvider::install_default(
+                rustls::crypto::ring::default_provider(),
+            );
+        }
+    }
+    builder.build().map_err(|e| fail(e.to_string()))
 }
 
 /// Percent-encoding is not needed: fault ids are `[A-Za-z0-9._-]` (the agent

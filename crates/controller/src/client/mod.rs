@@ -4,6 +4,7 @@
 //! process, so a laptop or CI job needs no daemon. Both report refusals with the
 //! same status and error code.
 
+pub mod controller;
 pub mod http;
 pub mod local;
 
@@ -31,6 +32,7 @@ pub struct Observation {
     pub figures: serde_json::Value,
 }
 
+pub use controller::{ControllerClient, SseEvent};
 pub use http::HttpClient;
 pub use local::LocalClient;
 

@@ -61,7 +61,7 @@ pub const FAN_OUT: usize = 64;
 
 /// The permits behind [`FAN_OUT`], shared by every call of one run.
 #[derive(Debug, Clone)]
-struct FanOut(Arc<Semaphore>);
+pub(crate) struct FanOut(Arc<Semaphore>);
 
 impl Default for FanOut {
     fn default() -> Self {
@@ -71,7 +71,7 @@ impl Default for FanOut {
 
 impl FanOut {
     /// Spawns `call` on `set` once a permit is free.
-    fn spawn<T, F>(&self, set: &mut JoinSet<T>, call: F)
+    pub(crate) fn spawn<T, F>(&self, set: &mut JoinSet<T>, call: F)
     where
         T: Send + 'static,
         F: std::future::Future<Output = T> + Send + 'static,

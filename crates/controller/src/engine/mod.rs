@@ -13,7 +13,7 @@
 //! at most their lease, because the agents revert what is not renewed.
 
 mod checks;
-mod faults;
+pub(crate) mod faults;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};

@@ -443,6 +443,10 @@ pub struct RunBody {
     /// Inline faultline/v1 YAML, validated like `POST /v1/experiments`.
     #[serde(default)]
     pub yaml: Option<String>,
+    /// The selection seed (`count`/`percent` targets pick the same agents for
+    /// the same seed over the same registry snapshot); default: random.
+    #[serde(default)]
+    pub seed: Option<u64>,
 }
 
 /// `GET /v1/health`.
@@ -525,6 +529,7 @@ pub struct EventsQuery {
         (name = "experiments", description = "Stored, validated experiments"),
         (name = "schedules", description = "Game days on cron"),
         (name = "operations", description = "Health, halt, metrics, audit"),
+        (name = "agents", description = "The fleet: agents that register and heartbeat"),
     )
 )]
 struct ApiDoc;
@@ -545,6 +550,30 @@ impl utoipa::Modify for BearerAuth {
                     .build(),
             ),
         );
+        // === fleet (registry) ===
+        components.add_security_scheme(
+            "join_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The fleet's join token (fleet.join_token_file): registers agents, nothing else.",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "agent_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The agent token a registration answered: that agent's heartbeats, nothing else.",
+                    ))
+                    .build(),
+            ),
+        );
+        // === end fleet (registry) ===
     }
 }
 
@@ -565,6 +594,11 @@ pub(crate) fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(metrics))
         .routes(routes!(me))
         .routes(routes!(agents))
+        // === fleet (registry) ===
+        .routes(routes!(super::fleet::register_agent))
+        .routes(routes!(super::fleet::agent_heartbeat))
+        .routes(routes!(fleet_snapshot))
+        // === end fleet (registry) ===
         .split_for_parts()
 }
 
@@ -604,6 +638,25 @@ async fn authenticate(State(s): State<AppState>, mut req: Request, next: Next) -
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes());
+    // === fleet (registry) ===
+    // The agents' routes check their own tokens (join, agent); a join token is
+    // refused everywhere else, also on a token-less loopback controller.
+    if super::fleet::agent_route(req.method(), req.uri().path()) {
+        return next.run(req).await;
+    }
+    if s.manager
+        .connector()
+        .registry()
+        .is_some_and(|r| r.is_join_token(given))
+    {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a join token only registers agents (POST /v1/agents/register); use an API token",
+        )
+        .into_response();
+    }
+    // === end fleet (registry) ===
     match s.tokens.authenticate(given) {
         Some(p) => {
             req.extensions_mut().insert(p);
@@ -813,7 +866,7 @@ async fn create_run(
         }
     };
     let req: RunBody = json_body(&body)?;
-    let prepared = match (req.experiment_id, req.yaml) {
+    let mut prepared = match (req.experiment_id, req.yaml) {
         (Some(id), None) => {
             if !plausible_id(&id) {
                 return Err(ManagerError::UnknownExperiment(id).into());
@@ -833,6 +886,7 @@ async fn create_run(
             ));
         }
     };
+    prepared.seed = req.seed;
     let sub = s
         .manager
         .submit(
@@ -1202,9 +1256,11 @@ async fn me(Extension(p): Extension<Principal>) -> ApiResult<Json<MeView>> {
     }))
 }
 
-/// Every agent runs can reach (the inventory's and `local`, the in-process one),
-/// each with the faults it holds now, as the agent itself answers. Viewer.
-#[utoipa::path(get, path = "/v1/agents", tag = "operations",
+/// Every agent runs can reach: the registered ones (with their state, last
+/// heartbeat, labels, capabilities and version), the inventory's and `local`,
+/// the in-process one; each alive one with the faults it holds now, as the
+/// agent itself answers. Viewer.
+#[utoipa::path(get, path = "/v1/agents", tag = "agents",
     responses((status = 200, body = Vec<super::agents::AgentView>), (status = 401, body = ErrorBody)))]
 async fn agents(
     State(s): State<AppState>,
@@ -1213,6 +1269,23 @@ async fn agents(
     require(&p, Role::Viewer)?;
     Ok(Json(super::agents::list(s.manager.connector()).await))
 }
+
+// === fleet (registry) ===
+
+/// What targets resolve against now: the inventory merged with the alive
+/// registered agents, as an inventory (`faultline plan --controller` resolves
+/// against it with the same code and seed as the service). Viewer.
+#[utoipa::path(get, path = "/v1/fleet/snapshot", tag = "agents",
+    responses((status = 200, body = super::agents::SnapshotView), (status = 401, body = ErrorBody)))]
+async fn fleet_snapshot(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+) -> ApiResult<Json<super::agents::SnapshotView>> {
+    require(&p, Role::Viewer)?;
+    Ok(Json(super::agents::snapshot(s.manager.connector()).await?))
+}
+
+// === end fleet (registry) ===
 
 /// Items of the SSE stream.
 pub(crate) type SseItem = Result<SseEvent, Infallible>;

@@ -75,6 +75,13 @@ impl ApiToken {
     }
 }
 
+impl ApiToken {
+    /// Whether this token's secret is `s` (constant time).
+    pub fn is_secret(&self, s: &str) -> bool {
+        self.secret.ct_eq(s.as_bytes()).into()
+    }
+}
+
 /// Who a request acts as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {

@@ -45,12 +45,73 @@ pub struct ConfigFile {
     /// PEM certificate chain and key: serve HTTPS (rustls) instead of HTTP.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    // === fleet (registry) ===
+    /// Agents that register themselves (`faultline agent --controller`).
+    #[serde(default)]
+    pub fleet: FleetFile,
+    // === end fleet (registry) ===
     // === replicas (HA) ===
     /// Several replicas on one PostgreSQL store.
     #[serde(default)]
     pub ha: HaConfig,
     // === end replicas (HA) ===
 }
+
+// === fleet (registry) ===
+
+/// The `fleet:` block of the config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetFile {
+    /// The join token agents register with; without one, registration is off.
+    pub join_token_file: Option<PathBuf>,
+    /// The key of the api tokens the controller presents to agents; every
+    /// replica must read the same one [default: STATE_DIR/fleet-secret, created].
+    pub secret_file: Option<PathBuf>,
+    /// The heartbeat interval agents are told; silent for 3 of them is `lost`
+    /// [default: 5s].
+    pub heartbeat: Option<faultline_spec::units::Duration>,
+}
+
+/// The fleet settings [`super::start`] takes (files not yet read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetSettings {
+    pub join_token_file: Option<PathBuf>,
+    pub secret_file: Option<PathBuf>,
+    pub heartbeat: Duration,
+}
+
+impl Default for FleetSettings {
+    fn default() -> Self {
+        FleetSettings {
+            join_token_file: None,
+            secret_file: None,
+            heartbeat: crate::fleet::DEFAULT_HEARTBEAT,
+        }
+    }
+}
+
+impl FleetFile {
+    /// The settings this block gives, with defaults.
+    pub fn settings(&self) -> Result<FleetSettings, ConfigError> {
+        let heartbeat = match self.heartbeat {
+            Some(h) if h.is_zero() => {
+                return Err(ConfigError::Invalid(
+                    "fleet.heartbeat must be more than 0".to_owned(),
+                ));
+            }
+            Some(h) => h.get(),
+            None => crate::fleet::DEFAULT_HEARTBEAT,
+        };
+        Ok(FleetSettings {
+            join_token_file: self.join_token_file.clone(),
+            secret_file: self.secret_file.clone(),
+            heartbeat,
+        })
+    }
+}
+
+// === end fleet (registry) ===
 
 // === replicas (HA) ===
 /// `ha:` in the service config: `{replica_id, run_lease, leader_lease}`.
@@ -202,6 +263,9 @@ pub struct ServiceConfig {
     pub shutdown_grace: Duration,
     /// PEM certificate chain and key: HTTPS (rustls, ring) instead of HTTP.
     pub tls: Option<(PathBuf, PathBuf)>,
+    // === fleet (registry) ===
+    pub fleet: FleetSettings,
+    // === end fleet (registry) ===
     // === replicas (HA) ===
     /// This replica's id and leases.
     pub ha: super::ha::HaSettings,
@@ -222,6 +286,7 @@ impl ServiceConfig {
             tuning: RunTuning::default(),
             shutdown_grace: Duration::from_secs(30),
             tls: None,
+            fleet: FleetSettings::default(),
             ha: super::ha::HaSettings::default(),
         }
     }

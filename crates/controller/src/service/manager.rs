@@ -89,6 +89,9 @@ pub struct Prepared {
     pub yaml: String,
     /// `None` for inline YAML.
     pub experiment_id: Option<String>,
+    /// The selection seed a client asked for (`faultline run --controller
+    /// --seed`); `None`: a random one.
+    pub seed: Option<u64>,
 }
 
 /// Who wants a run and how.
@@ -257,6 +260,7 @@ impl Manager {
                 experiment,
                 yaml: yaml.to_owned(),
                 experiment_id: None,
+                seed: None,
             }),
             None => Err(ManagerError::Invalid(loaded.report)),
         }
@@ -336,7 +340,7 @@ impl Manager {
         req: Submit,
         fire: Option<&ScheduleFire>,
     ) -> Result<Submitted, ManagerError> {
-        let seed: u64 = rand::random();
+        let seed: u64 = p.seed.unwrap_or_else(rand::random);
         let agents = self.admit(&p, seed)?;
         let mut resources: Vec<String> = agents.iter().map(|a| format!("agent:{a}")).collect();
         if let Some(s) = &req.schedule_id {
@@ -542,7 +546,8 @@ impl Manager {
     async fn drive(self: Arc<Self>, p: Pending) {
         let id = p.run_id.clone();
         tracing::info!(run = %id, experiment = %p.experiment.name, "run started");
-        let finish = match self.connector.agents(&p.experiment, p.seed).await {
+        // One registry snapshot for the clients and the engine's selection.
+        let finish = match self.connector.connect(&p.experiment, p.seed).await {
             Err(e) => {
                 let status = match e {
                     ConnectError::Unresolved(_) | ConnectError::BadAgent { .. } => {
@@ -561,9 +566,9 @@ impl Manager {
                     reason: Some(reason.to_string()),
                 }
             }
-            Ok(agents) => {
+            Ok((agents, inventory)) => {
                 let mut opts = RunOptions::new(id.clone(), p.seed);
-                opts.inventory = self.connector.inventory().clone();
+                opts.inventory = inventory;
                 opts.abort = p.abort.clone();
                 opts.bucket = self.tuning.bucket;
                 opts.tick = self.tuning.tick;

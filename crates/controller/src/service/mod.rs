@@ -18,6 +18,7 @@ mod agents;
 pub mod api;
 pub mod auth;
 pub mod config;
+mod fleet;
 // === replicas (HA) ===
 pub mod ha;
 // === end replicas (HA) ===
@@ -71,11 +72,53 @@ pub enum ServiceError {
     Server(String),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("fleet: {0}")]
+    Fleet(String),
     // === replicas (HA) ===
     #[error("{0}")]
     Ha(String),
     // === end replicas (HA) ===
 }
+
+// === fleet (registry) ===
+
+/// The registry: the join token and fleet secret read now (a bad file is a
+/// configuration error at start, not a failing registration later).
+async fn fleet_registry(
+    config: &ServiceConfig,
+    store: &Arc<dyn RunStore>,
+) -> Result<Arc<crate::fleet::Registry>, ServiceError> {
+    use crate::fleet::{FleetConfig, FleetSecret, JoinToken, Registry};
+    let bad = |e: String| ServiceError::Fleet(e);
+    let join_token = match &config.fleet.join_token_file {
+        Some(f) => Some(faultline_agent::auth::read_token_file(f).map_err(bad)?),
+        None => None,
+    };
+    if let Some(j) = &join_token
+        && config.tokens.iter().any(|t| t.is_secret(j))
+    {
+        return Err(bad(
+            "the join token is also an API token: a join token must only register agents; give it a secret of its own".to_owned(),
+        ));
+    }
+    let secret = match &config.fleet.secret_file {
+        Some(f) => FleetSecret::load(f),
+        None => FleetSecret::load_or_create(&config.state_dir.join("fleet-secret")),
+    }
+    .map_err(|e| bad(e.to_string()))?;
+    Registry::open(
+        Arc::clone(store),
+        FleetConfig {
+            join_token: join_token.map(JoinToken::new),
+            secret,
+            heartbeat: config.fleet.heartbeat,
+        },
+    )
+    .await
+    .map_err(|e| bad(e.to_string()))
+}
+
+// === end fleet (registry) ===
 
 /// The running service.
 #[derive(Debug)]
@@ -131,10 +174,17 @@ pub async fn start(config: ServiceConfig) -> Result<Service, ServiceError> {
         };
         store.append_audit(&entry).await?;
     }
-    let connector = Arc::new(Connector::new(
-        config.inventory.clone(),
-        config.state_dir.join("local-agent"),
-    ));
+    // === fleet (registry) ===
+    let registry = fleet_registry(&config, &store).await?;
+    registry.spawn_refresh();
+    let connector = Arc::new(
+        Connector::new(
+            config.inventory.clone(),
+            config.state_dir.join("local-agent"),
+        )
+        .with_registry(registry),
+    );
+    // === end fleet (registry) ===
     // Now, not at the first run: what a killed controller left on this host is
     // reverted at start.
     connector.local().await?;

@@ -483,6 +483,32 @@ pub trait RunStore: Send + Sync + fmt::Debug {
     /// Newest first.
     fn list_audit<'a>(&'a self, query: &'a AuditQuery) -> BoxFuture<'a, Result<Vec<AuditEntry>>>;
 
+    // === agents (registry) ===
+
+    /// Registers an agent, or re-registers it: its row is replaced, its
+    /// `generation` goes up by one (rotating both its tokens), and `last_seen`
+    /// and `registered_at` are the store's now. An audit entry
+    /// (`agent.register`, by `actor`) is written in the same transaction.
+    fn register_agent<'a>(
+        &'a self,
+        reg: &'a AgentRegistration,
+        actor: &'a str,
+    ) -> BoxFuture<'a, Result<RegisteredAgent>>;
+    /// A heartbeat: when `token_hash` is the agent's (compared in constant time),
+    /// stamps `last_seen` with the store's now and keeps `active_faults` and
+    /// `heartbeat_ms` (the interval the agent is told now: a controller whose
+    /// configured heartbeat changed judges `lost` by the new one from here);
+    /// `None` when the id is unknown or the hash is not its own.
+    fn heartbeat_agent<'a>(
+        &'a self,
+        id: &'a str,
+        token_hash: &'a str,
+        active_faults: u64,
+        heartbeat_ms: u64,
+    ) -> BoxFuture<'a, Result<Option<RegisteredAgent>>>;
+    /// Every registered agent, by id, with its state as of the store's now.
+    fn list_agents(&self) -> BoxFuture<'_, Result<AgentSnapshot>>;
+    fn get_agent<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<RegisteredAgent>>>;
     // === replicas (HA) ===
 
     /// Records that `replica` is alive (inserts its row, or stamps `last_seen`).
@@ -560,6 +586,144 @@ pub trait RunStore: Send + Sync + fmt::Debug {
         reason: &'a str,
     ) -> BoxFuture<'a, Result<Vec<String>>>;
     // === end replicas (HA) ===
+}
+
+// === agents (registry) ===
+
+/// Heartbeats an agent may miss before it is `lost`.
+pub const LOST_AFTER_HEARTBEATS: u32 = 3;
+
+/// What a registration stores. The token is only ever here as its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRegistration {
+    pub id: String,
+    pub url: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub capabilities: Vec<String>,
+    pub version: String,
+    /// Host facts as the agent sent them (hostname, os, kernel, cpus).
+    pub host: Value,
+    /// Lowercase hex SHA-256 of the agent token.
+    pub token_hash: String,
+    /// The heartbeat interval the agent was told.
+    pub heartbeat_ms: u64,
+}
+
+/// `alive`, or `lost` once an agent has been silent for more than 3 heartbeat
+/// intervals; a lost agent is never selected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentState {
+    Alive,
+    Lost,
+}
+
+impl AgentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Alive => "alive",
+            AgentState::Lost => "lost",
+        }
+    }
+}
+
+impl fmt::Display for AgentState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The lost rule: silent for more than [`LOST_AFTER_HEARTBEATS`] heartbeat
+/// intervals as of `now` (the store's clock, so every replica agrees).
+pub fn agent_state(last_seen: DateTime<Utc>, heartbeat_ms: u64, now: DateTime<Utc>) -> AgentState {
+    let allowed = i64::try_from(heartbeat_ms.saturating_mul(u64::from(LOST_AFTER_HEARTBEATS)))
+        .unwrap_or(i64::MAX);
+    let silent = now.signed_duration_since(last_seen).num_milliseconds();
+    if silent > allowed {
+        AgentState::Lost
+    } else {
+        AgentState::Alive
+    }
+}
+
+/// A registered agent as the store keeps it (without its token hash).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisteredAgent {
+    pub id: String,
+    pub url: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub capabilities: Vec<String>,
+    pub version: String,
+    pub host: Value,
+    /// 1 at the first registration, one more at each re-registration.
+    pub generation: i64,
+    pub heartbeat_ms: u64,
+    /// Active faults as of its last heartbeat.
+    pub active_faults: u64,
+    pub registered_at: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    pub state: AgentState,
+}
+
+/// Every registered agent at one instant of the store's clock, ordered by id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentSnapshot {
+    pub at: DateTime<Utc>,
+    pub agents: Vec<RegisteredAgent>,
+}
+
+impl AgentSnapshot {
+    /// The alive agents, by id.
+    pub fn alive(&self) -> impl Iterator<Item = &RegisteredAgent> {
+        self.agents.iter().filter(|a| a.state == AgentState::Alive)
+    }
+}
+
+pub(crate) fn check_registration(reg: &AgentRegistration) -> Result<()> {
+    if !faultline_agent::manager::valid_id(&reg.id) {
+        return Err(StoreError::Invalid {
+            field: "agent id",
+            reason: format!(
+                "{:?}: 1 to 128 of A-Z a-z 0-9 . _ -, not starting with a dot",
+                reg.id
+            ),
+        });
+    }
+    if reg.heartbeat_ms == 0 {
+        return Err(StoreError::Invalid {
+            field: "heartbeat",
+            reason: "must be more than 0 ms".to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Whether a stored token hash is the one given, in constant time.
+pub(crate) fn hash_matches(stored: &str, given: &str) -> bool {
+    use subtle::ConstantTimeEq as _;
+    stored.as_bytes().ct_eq(given.as_bytes()).into()
+}
+
+pub(crate) fn registration_audit(
+    reg: &AgentRegistration,
+    generation: i64,
+    actor: &str,
+) -> NewAudit {
+    NewAudit {
+        actor: actor.to_owned(),
+        action: if generation == 1 {
+            "agent.register".to_owned()
+        } else {
+            "agent.reregister".to_owned()
+        },
+        target: reg.id.clone(),
+        detail: serde_json::json!({
+            "url": reg.url,
+            "labels": reg.labels,
+            "version": reg.version,
+            "generation": generation,
+        }),
+    }
 }
 
 // === shared helpers ===

@@ -97,6 +97,30 @@ CREATE TABLE audit_log (
 CREATE INDEX audit_target ON audit_log (target, id);
 "#,
     ),
+    // === agents (registry) ===
+    // Timestamps of this table come from the database's clock (clock_timestamp()),
+    // so every replica judges `lost` against the same clock.
+    (
+        2,
+        "agents",
+        r#"
+CREATE TABLE agents (
+    id             TEXT PRIMARY KEY,
+    url            TEXT NOT NULL,
+    labels         JSONB NOT NULL,
+    capabilities   JSONB NOT NULL,
+    version        TEXT NOT NULL,
+    host           JSONB NOT NULL,
+    generation     BIGINT NOT NULL,
+    token_hash     TEXT NOT NULL,
+    heartbeat_ms   BIGINT NOT NULL,
+    active_faults  BIGINT NOT NULL DEFAULT 0,
+    registered_at  TIMESTAMPTZ NOT NULL,
+    last_seen      TIMESTAMPTZ NOT NULL
+);
+"#,
+    ),
+    // === end agents (registry) ===
     // === replicas (HA) ===
     ha::MIGRATION,
     // === end replicas (HA) ===
@@ -903,6 +927,132 @@ impl RunStore for PostgresStore {
             .await
         })
     }
+
+    // === agents (registry) ===
+
+    fn register_agent<'a>(
+        &'a self,
+        reg: &'a AgentRegistration,
+        actor: &'a str,
+    ) -> BoxFuture<'a, Result<RegisteredAgent>> {
+        Box::pin(async move {
+            check_registration(reg)?;
+            let mut c = self.conn().await?;
+            let tx = c.transaction().await?;
+            let heartbeat_ms = i64::try_from(reg.heartbeat_ms).unwrap_or(i64::MAX);
+            let labels = serde_json::json!(reg.labels);
+            let capabilities = serde_json::json!(reg.capabilities);
+            let row = tx
+                .query_one(
+                    &format!(
+                        "INSERT INTO agents (id, url, labels, capabilities, version, host, generation,
+                             token_hash, heartbeat_ms, active_faults, registered_at, last_seen)
+                         VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $8, 0, clock_timestamp(), clock_timestamp())
+                         ON CONFLICT (id) DO UPDATE SET url = excluded.url, labels = excluded.labels,
+                             capabilities = excluded.capabilities, version = excluded.version,
+                             host = excluded.host, generation = agents.generation + 1,
+                             token_hash = excluded.token_hash, heartbeat_ms = excluded.heartbeat_ms,
+                             active_faults = 0, registered_at = excluded.registered_at,
+                             last_seen = excluded.last_seen
+                         RETURNING {AGENT_COLS}, clock_timestamp() AS store_now"
+                    ),
+                    &[
+                        &reg.id,
+                        &reg.url,
+                        &labels,
+                        &capabilities,
+                        &reg.version,
+                        &reg.host,
+                        &reg.token_hash,
+                        &heartbeat_ms,
+                    ],
+                )
+                .await?;
+            let agent = registered_agent(&row)?;
+            insert_audit(&tx, &registration_audit(reg, agent.generation, actor)).await?;
+            tx.commit().await?;
+            Ok(agent)
+        })
+    }
+
+    fn heartbeat_agent<'a>(
+        &'a self,
+        id: &'a str,
+        token_hash: &'a str,
+        active_faults: u64,
+        heartbeat_ms: u64,
+    ) -> BoxFuture<'a, Result<Option<RegisteredAgent>>> {
+        Box::pin(async move {
+            let mut c = self.conn().await?;
+            let tx = c.transaction().await?;
+            let stored = tx
+                .query_opt(
+                    "SELECT token_hash FROM agents WHERE id = $1 FOR UPDATE",
+                    &[&id],
+                )
+                .await?;
+            let Some(stored) = stored else {
+                return Ok(None);
+            };
+            if !hash_matches(stored.try_get::<_, &str>(0)?, token_hash) {
+                return Ok(None);
+            }
+            let active = i64::try_from(active_faults).unwrap_or(i64::MAX);
+            let heartbeat_ms = i64::try_from(heartbeat_ms.max(1)).unwrap_or(i64::MAX);
+            let row = tx
+                .query_one(
+                    &format!(
+                        "UPDATE agents SET last_seen = clock_timestamp(), active_faults = $2,
+                             heartbeat_ms = $3
+                         WHERE id = $1 RETURNING {AGENT_COLS}, clock_timestamp() AS store_now"
+                    ),
+                    &[&id, &active, &heartbeat_ms],
+                )
+                .await?;
+            let agent = registered_agent(&row)?;
+            tx.commit().await?;
+            Ok(Some(agent))
+        })
+    }
+
+    fn list_agents(&self) -> BoxFuture<'_, Result<AgentSnapshot>> {
+        Box::pin(async move {
+            let c = self.conn().await?;
+            // The instant the rows are judged at, from the database clock.
+            let at: DateTime<Utc> = c
+                .query_one("SELECT clock_timestamp()", &[])
+                .await?
+                .try_get(0)?;
+            let rows = c
+                .query(
+                    &format!(
+                        "SELECT {AGENT_COLS}, $1::timestamptz AS store_now FROM agents ORDER BY id"
+                    ),
+                    &[&at],
+                )
+                .await?;
+            let agents = rows
+                .iter()
+                .map(registered_agent)
+                .collect::<Result<Vec<_>>>()?;
+            Ok(AgentSnapshot { at, agents })
+        })
+    }
+
+    fn get_agent<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<RegisteredAgent>>> {
+        Box::pin(async move {
+            let c = self.conn().await?;
+            one(
+                &*c,
+                &format!(
+                    "SELECT {AGENT_COLS}, clock_timestamp() AS store_now FROM agents WHERE id = $1"
+                ),
+                &[&id],
+                registered_agent,
+            )
+            .await
+        })
+    }
     // === replicas (HA) ===
 
     fn heartbeat_replica<'a>(
@@ -991,4 +1141,33 @@ impl RunStore for PostgresStore {
         Box::pin(ha::abort_replica_in_flight(self, replica, reason))
     }
     // === end replicas (HA) ===
+}
+
+// === agents (registry) ===
+
+const AGENT_COLS: &str = "id, url, labels, capabilities, version, host, generation, heartbeat_ms, \
+    active_faults, registered_at, last_seen";
+
+/// A row of [`AGENT_COLS`] plus `store_now`, the database's clock it is judged at.
+fn registered_agent(row: &Row) -> Result<RegisteredAgent> {
+    let heartbeat_ms = u64::try_from(row.try_get::<_, i64>("heartbeat_ms")?)
+        .map_err(|e| StoreError::Corrupt(format!("heartbeat_ms: {e}")))?;
+    let last_seen: DateTime<Utc> = row.try_get("last_seen")?;
+    let now: DateTime<Utc> = row.try_get("store_now")?;
+    Ok(RegisteredAgent {
+        id: row.try_get("id")?,
+        url: row.try_get("url")?,
+        labels: serde_json::from_value(row.try_get("labels")?)
+            .map_err(|e| StoreError::Corrupt(format!("labels: {e}")))?,
+        capabilities: serde_json::from_value(row.try_get("capabilities")?)
+            .map_err(|e| StoreError::Corrupt(format!("capabilities: {e}")))?,
+        version: row.try_get("version")?,
+        host: row.try_get("host")?,
+        generation: row.try_get("generation")?,
+        heartbeat_ms,
+        active_faults: u64::try_from(row.try_get::<_, i64>("active_faults")?).unwrap_or(0),
+        registered_at: row.try_get("registered_at")?,
+        last_seen,
+        state: agent_state(last_seen, heartbeat_ms, now),
+    })
 }

@@ -90,6 +90,28 @@ CREATE TABLE audit_log (
 CREATE INDEX audit_target ON audit_log (target, id);
 "#,
     ),
+    // === agents (registry) ===
+    (
+        2,
+        "agents",
+        r#"
+CREATE TABLE agents (
+    id             TEXT PRIMARY KEY,
+    url            TEXT NOT NULL,
+    labels         TEXT NOT NULL,
+    capabilities   TEXT NOT NULL,
+    version        TEXT NOT NULL,
+    host           TEXT NOT NULL,
+    generation     INTEGER NOT NULL,
+    token_hash     TEXT NOT NULL,
+    heartbeat_ms   INTEGER NOT NULL,
+    active_faults  INTEGER NOT NULL DEFAULT 0,
+    registered_at  TEXT NOT NULL,
+    last_seen      TEXT NOT NULL
+) WITHOUT ROWID;
+"#,
+    ),
+    // === end agents (registry) ===
     // === replicas (HA) ===
     ha::MIGRATION,
     // === end replicas (HA) ===
@@ -798,6 +820,104 @@ impl RunStore for SqliteStore {
         })
     }
 
+    // === agents (registry) ===
+
+    fn register_agent<'a>(
+        &'a self,
+        reg: &'a AgentRegistration,
+        actor: &'a str,
+    ) -> BoxFuture<'a, Result<RegisteredAgent>> {
+        let (reg, actor) = (reg.clone(), actor.to_owned());
+        self.call(move |conn| {
+            check_registration(&reg)?;
+            let tx = immediate(conn)?;
+            let at = ts(now());
+            let generation: i64 = tx.query_row(
+                "INSERT INTO agents (id, url, labels, capabilities, version, host, generation,
+                     token_hash, heartbeat_ms, active_faults, registered_at, last_seen)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?8, 0, ?9, ?9)
+                 ON CONFLICT (id) DO UPDATE SET url = excluded.url, labels = excluded.labels,
+                     capabilities = excluded.capabilities, version = excluded.version,
+                     host = excluded.host, generation = agents.generation + 1,
+                     token_hash = excluded.token_hash, heartbeat_ms = excluded.heartbeat_ms,
+                     active_faults = 0, registered_at = excluded.registered_at,
+                     last_seen = excluded.last_seen
+                 RETURNING generation",
+                params![
+                    reg.id,
+                    reg.url,
+                    json(&serde_json::json!(reg.labels)),
+                    json(&serde_json::json!(reg.capabilities)),
+                    reg.version,
+                    json(&reg.host),
+                    reg.token_hash,
+                    i64::try_from(reg.heartbeat_ms).unwrap_or(i64::MAX),
+                    at
+                ],
+                |r| r.get(0),
+            )?;
+            insert_audit(&tx, &registration_audit(&reg, generation, &actor))?;
+            let agent =
+                get_agent(&tx, &reg.id, now())?.ok_or_else(|| not_found("agent", &reg.id))?;
+            tx.commit()?;
+            Ok(agent)
+        })
+    }
+
+    fn heartbeat_agent<'a>(
+        &'a self,
+        id: &'a str,
+        token_hash: &'a str,
+        active_faults: u64,
+        heartbeat_ms: u64,
+    ) -> BoxFuture<'a, Result<Option<RegisteredAgent>>> {
+        let (id, token_hash) = (id.to_owned(), token_hash.to_owned());
+        self.call(move |conn| {
+            let tx = immediate(conn)?;
+            let stored: Option<String> = tx
+                .query_row("SELECT token_hash FROM agents WHERE id = ?1", [&id], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            match stored {
+                Some(stored) if hash_matches(&stored, &token_hash) => {}
+                _ => return Ok(None),
+            }
+            let at = now();
+            tx.execute(
+                "UPDATE agents SET last_seen = ?2, active_faults = ?3, heartbeat_ms = ?4
+                 WHERE id = ?1",
+                params![
+                    id,
+                    ts(at),
+                    i64::try_from(active_faults).unwrap_or(i64::MAX),
+                    i64::try_from(heartbeat_ms.max(1)).unwrap_or(i64::MAX)
+                ],
+            )?;
+            let agent = get_agent(&tx, &id, at)?;
+            tx.commit()?;
+            Ok(agent)
+        })
+    }
+
+    fn list_agents(&self) -> BoxFuture<'_, Result<AgentSnapshot>> {
+        self.call(|conn| {
+            let at = now();
+            let mut stmt =
+                conn.prepare_cached(&format!("SELECT {AGENT_COLS} FROM agents ORDER BY id"))?;
+            let mut rows = stmt.query([])?;
+            let mut agents = Vec::new();
+            while let Some(row) = rows.next()? {
+                agents.push(registered_agent(row, at)?);
+            }
+            Ok(AgentSnapshot { at, agents })
+        })
+    }
+
+    fn get_agent<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<RegisteredAgent>>> {
+        let id = id.to_owned();
+        self.call(move |conn| get_agent(conn, &id, now()))
+    }
     // === replicas (HA) ===
 
     fn heartbeat_replica<'a>(
@@ -886,4 +1006,43 @@ impl RunStore for SqliteStore {
         ha::abort_replica_in_flight(self, replica, reason)
     }
     // === end replicas (HA) ===
+}
+
+// === agents (registry) ===
+
+const AGENT_COLS: &str = "id, url, labels, capabilities, version, host, generation, heartbeat_ms, \
+    active_faults, registered_at, last_seen";
+
+fn registered_agent(row: &Row<'_>, now: DateTime<Utc>) -> Result<RegisteredAgent> {
+    let labels = parse_json(&row.get::<_, String>("labels")?)?;
+    let capabilities = parse_json(&row.get::<_, String>("capabilities")?)?;
+    let last_seen = parse_ts(&row.get::<_, String>("last_seen")?)?;
+    let heartbeat_ms = u64::try_from(row.get::<_, i64>("heartbeat_ms")?)
+        .map_err(|e| StoreError::Corrupt(format!("heartbeat_ms: {e}")))?;
+    Ok(RegisteredAgent {
+        id: row.get("id")?,
+        url: row.get("url")?,
+        labels: serde_json::from_value(labels)
+            .map_err(|e| StoreError::Corrupt(format!("labels: {e}")))?,
+        capabilities: serde_json::from_value(capabilities)
+            .map_err(|e| StoreError::Corrupt(format!("capabilities: {e}")))?,
+        version: row.get("version")?,
+        host: parse_json(&row.get::<_, String>("host")?)?,
+        generation: row.get("generation")?,
+        heartbeat_ms,
+        active_faults: u64::try_from(row.get::<_, i64>("active_faults")?).unwrap_or(0),
+        registered_at: parse_ts(&row.get::<_, String>("registered_at")?)?,
+        last_seen,
+        state: agent_state(last_seen, heartbeat_ms, now),
+    })
+}
+
+fn get_agent(conn: &Connection, id: &str, now: DateTime<Utc>) -> Result<Option<RegisteredAgent>> {
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {AGENT_COLS} FROM agents WHERE id = ?1"))?;
+    let mut rows = stmt.query([id])?;
+    match rows.next()? {
+        Some(row) => Ok(Some(registered_agent(row, now)?)),
+        None => Ok(None),
+    }
 }

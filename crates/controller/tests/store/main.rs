@@ -2,6 +2,7 @@
 //! store (`scheduler`). PostgreSQL tests need the cluster `./scripts/setup.sh`
 //! starts; without it they fail and say so.
 
+mod agents;
 mod common;
 mod ha;
 mod scheduler;
