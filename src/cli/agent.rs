@@ -217,7 +217,8 @@ mod tests {
     fn the_example_config_parses() {
         let text = include_str!("../../agents/agent-config.example.yaml");
         let c: ConfigFile = serde_yaml::from_str(text).expect("example config parses");
-        assert!(c.token_file.is_some() && !c.labels.is_empty());
+        assert!(c.controller.is_some() && c.join_token_file.is_some() && c.advertise.is_some());
+        assert!(!c.labels.is_empty());
     }
 
     #[test]
@@ -229,10 +230,12 @@ mod tests {
             let v = serde_yaml::Value::deserialize(doc).expect("manifest is YAML");
             if let Some(cfg) = v["data"]["agent.yaml"].as_str() {
                 let c: ConfigFile = serde_yaml::from_str(cfg).expect("agent.yaml parses");
+                // It listens beyond loopback: the registration's token guards it.
                 assert!(
-                    c.token_file.is_some(),
-                    "a DaemonSet listens beyond loopback"
+                    c.controller.is_some() && c.join_token_file.is_some(),
+                    "a DaemonSet agent registers with the controller"
                 );
+                assert!(c.token_file.is_none(), "no static per-node token");
                 found = true;
             }
         }

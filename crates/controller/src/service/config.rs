@@ -291,3 +291,30 @@ impl ServiceConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Kubernetes Deployment's serve.yaml is a config this build accepts
+    /// (unknown keys are errors), with the fleet and HA settings it documents.
+    #[test]
+    fn the_controller_deployment_config_map_holds_a_valid_config() {
+        use serde::Deserialize as _;
+        let text = include_str!("../../../../agents/controller.yaml");
+        let mut found = false;
+        for doc in serde_yaml::Deserializer::from_str(text) {
+            let v = serde_yaml::Value::deserialize(doc).expect("manifest is YAML");
+            if let Some(cfg) = v["data"]["serve.yaml"].as_str() {
+                let c: ConfigFile = serde_yaml::from_str(cfg).expect("serve.yaml parses");
+                assert!(c.db.is_none(), "the URL comes from the Secret, not the map");
+                let fleet = c.fleet.settings().expect("fleet settings");
+                assert!(fleet.join_token_file.is_some() && fleet.secret_file.is_some());
+                assert!(c.ha.run_lease.is_some(), "{:?}", c.ha);
+                assert!(!c.tokens.is_empty(), "it listens beyond loopback");
+                found = true;
+            }
+        }
+        assert!(found, "no serve.yaml in the ConfigMap");
+    }
+}
