@@ -542,53 +542,7 @@ impl RunStore for PostgresStore {
         Box::pin(async move {
             let mut c = self.conn().await?;
             let tx = c.transaction().await?;
-            if let Some(exp) = &new.experiment_id
-                && !experiment_exists(&tx, exp).await?
-            {
-                return Err(not_found("experiment", exp));
-            }
-            // A concurrent insert with the same key makes this wait for its commit and
-            // then do nothing; the SELECT below (a new snapshot) sees that run.
-            let inserted = one(
-                &tx,
-                &format!(
-                    "INSERT INTO runs (id, experiment_id, experiment_name, yaml, status, summary,
-                         requested_by, idempotency_key, schedule_id, created_at)
-                     VALUES ($1, $2, $3, $4, 'queued', '{{}}', $5, $6, $7, $8)
-                     ON CONFLICT (requested_by, idempotency_key) DO NOTHING
-                     RETURNING {RUN_COLS}"
-                ),
-                &[
-                    &new_id("run"),
-                    &new.experiment_id,
-                    &new.experiment_name,
-                    &new.yaml,
-                    &new.requested_by,
-                    &new.idempotency_key,
-                    &new.schedule_id,
-                    &now(),
-                ],
-                run,
-            )
-            .await?;
-            let created = match inserted {
-                Some(run) => CreatedRun { run, created: true },
-                None => {
-                    let existing = one(
-                        &tx,
-                        &format!(
-                            "SELECT {RUN_COLS} FROM runs WHERE requested_by = $1 AND idempotency_key = $2"
-                        ),
-                        &[&new.requested_by, &new.idempotency_key],
-                        run,
-                    )
-                    .await?
-                    .ok_or_else(|| {
-                        StoreError::Conflict("idempotency key conflict with a vanished run".to_owned())
-                    })?;
-                    idempotent_match(existing, new)?
-                }
-            };
+            let created = ha::insert_run(&tx, new, None).await?;
             tx.commit().await?;
             Ok(created)
         })

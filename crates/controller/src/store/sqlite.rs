@@ -479,43 +479,9 @@ impl RunStore for SqliteStore {
         let new = new.clone();
         self.call(move |conn| {
             let tx = immediate(conn)?;
-            if let Some(key) = &new.idempotency_key {
-                let existing = one(
-                    &tx,
-                    &format!(
-                        "SELECT {RUN_COLS} FROM runs WHERE requested_by = ?1 AND idempotency_key = ?2"
-                    ),
-                    params![new.requested_by, key],
-                    run,
-                )?;
-                if let Some(existing) = existing {
-                    return idempotent_match(existing, &new);
-                }
-            }
-            if let Some(exp) = &new.experiment_id
-                && !experiment_exists(&tx, exp)?
-            {
-                return Err(not_found("experiment", exp));
-            }
-            let id = new_id("run");
-            tx.execute(
-                "INSERT INTO runs (id, experiment_id, experiment_name, yaml, status, summary,
-                     requested_by, idempotency_key, schedule_id, created_at)
-                 VALUES (?1, ?2, ?3, ?4, 'queued', '{}', ?5, ?6, ?7, ?8)",
-                params![
-                    id,
-                    new.experiment_id,
-                    new.experiment_name,
-                    new.yaml,
-                    new.requested_by,
-                    new.idempotency_key,
-                    new.schedule_id,
-                    ts(now())
-                ],
-            )?;
-            let run = get_run(&tx, &id)?.ok_or_else(|| not_found("run", &id))?;
+            let created = ha::insert_run(&tx, &new, None)?;
             tx.commit()?;
-            Ok(CreatedRun { run, created: true })
+            Ok(created)
         })
     }
 

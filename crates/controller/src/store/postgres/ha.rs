@@ -126,17 +126,20 @@ pub(super) async fn release_lease(s: &PostgresStore, name: &str, holder: &str) -
         > 0)
 }
 
-/// `create_run`'s insert with an owner and a run lease from now.
-async fn insert_owned_run(
+/// A run's insert, idempotent by (requested_by, idempotency_key): owned with a
+/// run lease from now, or unowned (`create_run`, SQLite-style single node).
+pub(in crate::store) async fn insert_run(
     tx: &tokio_postgres::Transaction<'_>,
     new: &NewRun,
-    owner: &RunOwner,
+    owner: Option<&RunOwner>,
 ) -> Result<CreatedRun> {
     if let Some(exp) = &new.experiment_id
         && !experiment_exists(tx, exp).await?
     {
         return Err(not_found("experiment", exp));
     }
+    // A concurrent insert with the same key makes this wait for its commit and
+    // then do nothing; the SELECT below (a new snapshot) sees that run.
     let inserted = one(
         tx,
         &format!(
@@ -156,8 +159,8 @@ async fn insert_owned_run(
             &new.idempotency_key,
             &new.schedule_id,
             &now(),
-            &owner.replica,
-            &secs(owner.lease),
+            &owner.map(|o| o.replica.as_str()),
+            &owner.map(|o| secs(o.lease)),
         ],
         run,
     )
@@ -189,7 +192,7 @@ pub(super) async fn create_owned_run(
 ) -> Result<CreatedRun> {
     let mut c = s.conn().await?;
     let tx = c.transaction().await?;
-    let created = insert_owned_run(&tx, new, owner).await?;
+    let created = insert_run(&tx, new, Some(owner)).await?;
     tx.commit().await?;
     Ok(created)
 }
@@ -250,7 +253,7 @@ pub(super) async fn fire_slot(s: &PostgresStore, f: &SlotFire) -> Result<SlotFir
         // Dropping the transaction rolls the schedule's marks back too.
         return Ok(SlotFired::Taken);
     }
-    let created = insert_owned_run(&tx, &f.run, &f.owner).await?;
+    let created = insert_run(&tx, &f.run, Some(&f.owner)).await?;
     tx.execute(
         "UPDATE schedule_slots SET run_id = $3 WHERE schedule_id = $1 AND slot = $2",
         &[&f.schedule_id, &f.slot.trunc_subsecs(6), &created.run.id],

@@ -146,7 +146,13 @@ pub(super) fn release_lease(
     })
 }
 
-fn insert_owned_run(tx: &Transaction<'_>, new: &NewRun, owner: &RunOwner) -> Result<CreatedRun> {
+/// A run's insert, idempotent by (requested_by, idempotency_key): owned with a
+/// run lease from now, or unowned (`create_run`).
+pub(in crate::store) fn insert_run(
+    tx: &Transaction<'_>,
+    new: &NewRun,
+    owner: Option<&RunOwner>,
+) -> Result<CreatedRun> {
     if let Some(key) = &new.idempotency_key {
         let existing = one(
             tx,
@@ -179,8 +185,8 @@ fn insert_owned_run(tx: &Transaction<'_>, new: &NewRun, owner: &RunOwner) -> Res
             new.idempotency_key,
             new.schedule_id,
             ts(now()),
-            owner.replica,
-            until(owner.lease)
+            owner.map(|o| o.replica.as_str()),
+            owner.map(|o| until(o.lease))
         ],
     )?;
     let run = get_run(tx, &id)?.ok_or_else(|| not_found("run", &id))?;
@@ -195,7 +201,7 @@ pub(super) fn create_owned_run(
     let (new, owner) = (new.clone(), owner.clone());
     s.call(move |conn| {
         let tx = immediate(conn)?;
-        let created = insert_owned_run(&tx, &new, &owner)?;
+        let created = insert_run(&tx, &new, Some(&owner))?;
         tx.commit()?;
         Ok(created)
     })
@@ -250,7 +256,7 @@ pub(super) fn fire_slot(s: &SqliteStore, f: &SlotFire) -> BoxFuture<'static, Res
         if !claim_slot(&tx, &f.schedule_id, f.slot, f.next_fire_at, "fired", &f.by)? {
             return Ok(SlotFired::Taken);
         }
-        let created = insert_owned_run(&tx, &f.run, &f.owner)?;
+        let created = insert_run(&tx, &f.run, Some(&f.owner))?;
         tx.execute(
             "UPDATE schedule_slots SET run_id = ?3 WHERE schedule_id = ?1 AND slot = ?2",
             params![f.schedule_id, ts(f.slot), created.run.id],
