@@ -369,38 +369,64 @@ fn agent_faults(addr: SocketAddr) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// Two replicas on one fresh PostgreSQL database with one real agent in their
+/// inventory, and a run submitted to A that pauses a server the probe reads.
+/// Fields drop in order: the server, the replicas, then the database.
+struct PausedRun {
+    server: Child,
+    b: Replica,
+    a: Replica,
+    agent: Process,
+    agent_addr: SocketAddr,
+    id: String,
+    _db: PgDb,
+    _dir: tempfile::TempDir,
+}
+
+impl PausedRun {
+    fn submit() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = write_config(dir.path());
+        let db = PgDb::create();
+        let (agent, agent_addr, inventory) = agent_inventory(dir.path());
+        let inv = inventory.to_str().expect("utf-8 path");
+        let replica =
+            |id| Replica::start(dir.path(), &config, &db.url(), id, &["--inventory", inv]);
+        let (a, b) = (replica("ha-a"), replica("ha-b"));
+        let (server, probe) = Child::http_server();
+        let (code, run) = call(
+            a.addr,
+            "POST",
+            "/v1/runs",
+            OPERATOR,
+            &json!({ "yaml": pause_on_a1(probe, server.pid()) }),
+        );
+        assert_eq!(code, 202, "{run}");
+        let id = run["id"].as_str().expect("run id").to_owned();
+        PausedRun {
+            server,
+            b,
+            a,
+            agent,
+            agent_addr,
+            id,
+            _db: db,
+            _dir: dir,
+        }
+    }
+}
+
 #[test]
 fn a_replica_killed_mid_run_leaves_no_run_running_and_no_fault_after_the_run_lease() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = write_config(dir.path());
-    let db = PgDb::create();
-    let (mut agent, agent_addr, inventory) = agent_inventory(dir.path());
-    let inv = inventory.to_str().expect("utf-8 path");
-    let mut a = Replica::start(
-        dir.path(),
-        &config,
-        &db.url(),
-        "ha-a",
-        &["--inventory", inv],
-    );
-    let b = Replica::start(
-        dir.path(),
-        &config,
-        &db.url(),
-        "ha-b",
-        &["--inventory", inv],
-    );
-    let (server, probe) = Child::http_server();
-
-    let (code, run) = call(
-        a.addr,
-        "POST",
-        "/v1/runs",
-        OPERATOR,
-        &json!({ "yaml": pause_on_a1(probe, server.pid()) }),
-    );
-    assert_eq!(code, 202, "{run}");
-    let id = run["id"].as_str().expect("run id").to_owned();
+    let mut scene = PausedRun::submit();
+    let (agent_addr, id) = (scene.agent_addr, scene.id.clone());
+    let PausedRun {
+        server,
+        b,
+        a,
+        agent,
+        ..
+    } = &mut scene;
     wait_for(Duration::from_secs(30), "the fault is injected", || {
         server.is_stopped()
     });
@@ -496,36 +522,15 @@ fn sse(addr: SocketAddr, id: &str) -> Vec<(i64, String)> {
 
 #[test]
 fn either_replica_shows_a_run_follows_its_events_and_aborts_it() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = write_config(dir.path());
-    let db = PgDb::create();
-    let (mut agent, agent_addr, inventory) = agent_inventory(dir.path());
-    let inv = inventory.to_str().expect("utf-8 path");
-    let a = Replica::start(
-        dir.path(),
-        &config,
-        &db.url(),
-        "ha-a",
-        &["--inventory", inv],
-    );
-    let b = Replica::start(
-        dir.path(),
-        &config,
-        &db.url(),
-        "ha-b",
-        &["--inventory", inv],
-    );
-    let (server, probe) = Child::http_server();
-
-    let (code, run) = call(
-        a.addr,
-        "POST",
-        "/v1/runs",
-        OPERATOR,
-        &json!({ "yaml": pause_on_a1(probe, server.pid()) }),
-    );
-    assert_eq!(code, 202, "{run}");
-    let id = run["id"].as_str().expect("run id").to_owned();
+    let mut scene = PausedRun::submit();
+    let (agent_addr, id) = (scene.agent_addr, scene.id.clone());
+    let PausedRun {
+        server,
+        b,
+        a,
+        agent,
+        ..
+    } = &mut scene;
     // B follows the events A appends, from the first.
     let follow = {
         let (addr, id) = (b.addr, id.clone());
