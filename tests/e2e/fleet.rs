@@ -11,7 +11,6 @@
 //!   never select it.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead as _, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Child as Process, Stdio};
@@ -63,24 +62,8 @@ fn serve_on(dir: &Path, ip: Ipv4Addr, heartbeat: &str) -> (Serve, SocketAddr, st
         .expect("spawn faultline serve");
     let stderr = child.stderr.take().expect("stderr");
     let serve = Serve(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut seen = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("faultline serve did not start: {seen:?}"));
-        if let Some(a) = line.strip_prefix("faultline serve: listening on ") {
-            return (serve, a.parse().expect("addr"), join);
-        }
-        seen.push(line);
-    }
+    let (addr, _) = crate::serve::listening_on(stderr, "faultline serve");
+    (serve, addr, join)
 }
 
 fn api(addr: SocketAddr, method: &str, path: &str, body: &Value) -> (u16, Value) {

@@ -11,7 +11,7 @@
 //!   other appends, and an abort asked on one stops the run the other owns.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child as Process, Command, Stdio};
@@ -121,25 +121,9 @@ impl Replica {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             id: id.to_owned(),
         };
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut lines = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("replica {id} did not say where it listens: {lines:?}"));
-            if let Some(a) = line.strip_prefix("faultline serve: listening on ") {
-                replica.addr = a.parse().expect("addr");
-                return replica;
-            }
-            lines.push(line);
-        }
+        let who = format!("replica {id}");
+        replica.addr = crate::serve::listening_on(stderr, &who).0;
+        replica
     }
 
     /// kill -9: no chance to revert, release a lease or write anything.

@@ -76,6 +76,17 @@ fn start_serve_with(
         .expect("spawn faultline serve");
     let stderr = serve.stderr.take().expect("stderr");
     let serve = Serve(serve);
+    let (addr, lines) = listening_on(stderr, "faultline serve");
+    (serve, addr, lines)
+}
+
+/// Reads a `faultline serve`'s stderr (at most 30 s) up to the line that says
+/// where it listens; answers that address and the lines before it. The rest of
+/// stderr is drained in the background so the process never blocks on it.
+pub(crate) fn listening_on(
+    stderr: std::process::ChildStderr,
+    who: &str,
+) -> (SocketAddr, Vec<String>) {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -88,10 +99,9 @@ fn start_serve_with(
         let left = deadline.saturating_duration_since(Instant::now());
         let line = rx
             .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("faultline serve did not say where it listens: {lines:?}"));
+            .unwrap_or_else(|_| panic!("{who} did not say where it listens: {lines:?}"));
         if let Some(a) = line.strip_prefix("faultline serve: listening on ") {
-            let addr = a.parse().expect("addr");
-            return (serve, addr, lines);
+            return (a.parse().expect("addr"), lines);
         }
         lines.push(line);
     }
