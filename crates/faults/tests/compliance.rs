@@ -44,7 +44,7 @@ async fn process_pause_by_pid() {
     assert_fault_compliance("pause-pid", &mut case).await;
 }
 
-/// A copy of `sleep` under a name no other process on the host has.
+/// `sleep` run under a name no other process on the host has.
 fn uniquely_named_sleep() -> Child {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
@@ -60,7 +60,10 @@ fn uniquely_named_sleep() -> Child {
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
         .expect("sleep is installed");
-    std::fs::copy(sleep, &path).expect("copy sleep");
+    // A symlink, not a copy: execve names the process after the path it was given,
+    // and a copied binary can fail with ETXTBSY while a fork on another test thread
+    // still holds the copy's write descriptor.
+    std::os::unix::fs::symlink(sleep, &path).expect("symlink sleep");
     let child = Child::spawn(std::process::Command::new(&path).arg("600"));
     // Until the exec completes, the child's comm is still this test thread's name.
     let comm =
@@ -68,7 +71,7 @@ fn uniquely_named_sleep() -> Child {
     assert!(
         faultline_testkit::eventually_blocking(Duration::from_secs(5), || comm().trim_end()
             == name),
-        "the copy of sleep never ran under its own name"
+        "sleep never ran under its own name"
     );
     child
 }
