@@ -164,7 +164,7 @@ fn active_on_agent(f: FaultView) -> FaultLine {
         detail: format!("active, lease renewed or lapsing in {} ms", f.expires_in_ms),
         id: f.id,
         kind: f.kind,
-        source: Source::Journal,
+        source: Source::Agent,
         state: Some(faultline_agent::journal::EntryState::Active),
         lease: Some(f.lease),
         expires_at: Some(f.expires_at),
@@ -191,7 +191,8 @@ fn print_status(view: &StatusView) -> std::io::Result<()> {
         // A live owner guards its faults; with none, what is in place is left.
         let what = match (l.source, l.present) {
             (Source::Host, _) => "SEEN",
-            (Source::Journal, true) if view.owner.is_some() || view.agent.is_some() => "ACTIVE",
+            (Source::Agent, _) => "ACTIVE",
+            (Source::Journal, true) if view.owner.is_some() => "ACTIVE",
             (Source::Journal, true) => "LEFT",
             (Source::Journal, false) => "JOURNALED",
         };

@@ -291,6 +291,8 @@ fn status_and_halt_reach_an_agent_and_a_controller() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let st: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(st["faults"][0]["kind"], "process.pause", "{st:#}");
+    // What the live agent reports, not a journal read on this host.
+    assert_eq!(st["faults"][0]["source"], "agent", "{st:#}");
     assert_eq!(st["faults"][0]["run"], "run-0000000000aa", "{st:#}");
     assert_eq!(st["faults"][0]["step"], "freeze", "{st:#}");
     assert!(st["faults"][0]["expires_at"].is_string(), "{st:#}");

@@ -26,6 +26,8 @@ pub enum Source {
     Journal,
     /// Seen on the host with no journal entry: an nftables table `faultline_*`.
     Host,
+    /// Held by a running agent, as its `GET /v1/faults` reports it.
+    Agent,
 }
 
 /// One fault that is journaled, or seen on the host, or both.
