@@ -508,3 +508,66 @@ async fn reset_reaches_a_stalled_connection() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_bytes_arrive_intact_and_in_order_across_toxic_changes_mid_splice() {
+    // 48 MiB both ways through the proxy: the directions move to splice, and a
+    // latency toxic added and removed while the pipes hold data moves what they
+    // hold into the toxic's queue and back. Every byte must come back in order.
+    const TOTAL: usize = 48 << 20;
+    let h = Harness::start().await;
+    let listen = h.proxy_to("intact", echo_server().await).await;
+    let mut sock = connect(listen).await;
+    let (mut r, mut w) = sock.split();
+    let byte = |i: usize| (i.wrapping_mul(2_654_435_761) >> 13) as u8;
+    let writer = async {
+        let mut chunk = vec![0u8; 256 * 1024];
+        let mut off = 0;
+        while off < TOTAL {
+            for (k, b) in chunk.iter_mut().enumerate() {
+                *b = byte(off + k);
+            }
+            w.write_all(&chunk).await.unwrap();
+            off += chunk.len();
+        }
+    };
+    let reader = async {
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 128 * 1024];
+        let mut changes = 0;
+        while got < TOTAL {
+            let n = tokio::time::timeout(LIMIT, r.read(&mut buf))
+                .await
+                .expect("data keeps coming")
+                .unwrap();
+            assert!(n > 0, "EOF after {got} bytes");
+            for (k, b) in buf[..n].iter().enumerate() {
+                assert_eq!(*b, byte(got + k), "byte {} differs", got + k);
+            }
+            got += n;
+            // At 8, 16, 24 and 32 MiB: add, remove, add, remove.
+            while changes < 4 && got >= (changes + 1) * (8 << 20) {
+                let stream = if changes < 2 {
+                    "upstream"
+                } else {
+                    "downstream"
+                };
+                if changes % 2 == 0 {
+                    h.add_toxic(
+                        "intact",
+                        &format!(r#"{{"name":"lat","type":"latency","stream":"{stream}","attributes":{{"latency":20}}}}"#),
+                    )
+                    .await;
+                } else {
+                    h.remove_toxic("intact", "lat").await;
+                }
+                changes += 1;
+            }
+        }
+        changes
+    };
+    let ((), changes) = tokio::time::timeout(LIMIT * 4, async { tokio::join!(writer, reader) })
+        .await
+        .expect("48 MiB went through within 20 s");
+    assert_eq!(changes, 4);
+}
