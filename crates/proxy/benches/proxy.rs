@@ -25,6 +25,10 @@ const LAT_BULK_BYTES: u64 = 512 << 20;
 const ECHO_CONNS: usize = 50;
 const ECHO_SECS: u64 = 2;
 const IDLE_CONNS: usize = 1000;
+/// Round trips through the 100 ms latency toxic, and no-toxic ones after
+/// 100 ms idle on each path: 100 each puts the p99 on the second-worst sample.
+const TOXIC_RTTS: usize = 100;
+const PACED_RTTS: usize = 100;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -236,6 +240,16 @@ fn median(v: &[Duration]) -> Duration {
     let mut v = v.to_vec();
     v.sort();
     v[v.len() / 2]
+}
+
+/// The nearest-rank quantile of sorted samples.
+fn quantile<T: Copy>(sorted: &[T], q: f64) -> T {
+    let rank = ((sorted.len() as f64) * q).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }
 
 async fn rtt_samples(addr: SocketAddr, n: usize) -> Vec<Duration> {
@@ -516,14 +530,16 @@ async fn run() {
     if section("latency") {
         // 100 ms latency toxic on the echo proxy's downstream: the added delay.
         let base_med = median(&rtt_samples(fl_echo, 200).await);
-        // The same round trip after 100 ms idle, on every path (a 100 ms hold
-        // leaves every hop idle, so each wakes from idle as here).
+        // The same round trip after 100 ms idle, on every path: a 100 ms hold
+        // leaves every hop idle, so each wakes from idle as here. Its quantiles
+        // are the no-toxic distribution at the toxic's pace.
         let gap = Duration::from_millis(100);
         let mut paced = Vec::new();
         for (name, _, e, _) in &targets {
-            paced.push((*name, median(&rtt_samples_paced(*e, 30, gap).await)));
+            let mut v = rtt_samples_paced(*e, PACED_RTTS, gap).await;
+            v.sort();
+            paced.push((*name, v));
         }
-        let paced_med = paced[1].1;
         api(
             api_addr,
             "POST",
@@ -531,33 +547,68 @@ async fn run() {
             r#"{"name":"lat","type":"latency","stream":"downstream","attributes":{"latency":100}}"#,
         )
         .await;
-        let slow = rtt_samples(fl_echo, 100).await;
+        let mut slow = rtt_samples(fl_echo, TOXIC_RTTS).await;
+        slow.sort();
         println!("\n## 100 ms latency toxic (faultline only; HAProxy has no such fault)\n");
         let idle: Vec<String> = paced
             .iter()
-            .map(|(n, d)| format!("{n} {:.0} us", d.as_secs_f64() * 1e6))
+            .map(|(n, v)| {
+                format!(
+                    "{n} p50 {:.0} / p99 {:.0} us",
+                    ms(quantile(v, 0.5)) * 1e3,
+                    ms(quantile(v, 0.99)) * 1e3
+                )
+            })
             .collect();
         println!(
-            "Added delay over the proxy's own no-toxic round trip, 100 round trips. Baselines \
-             (medians): back to back {:.0} us; after 100 ms idle (30 round trips): {}.\n",
+            "{TOXIC_RTTS} round trips through the toxic. No-toxic baselines: back to back, \
+             median {:.0} us; after 100 ms idle ({PACED_RTTS} round trips each): {}.\n",
             base_med.as_secs_f64() * 1e6,
             idle.join(", "),
         );
+        println!(
+            "Each sample's excess over one baseline round trip (the toxic's 100 ms taken off):\n"
+        );
         println!("| baseline | mean ms | p99 ms | min ms | max ms |\n|---|---:|---:|---:|---:|");
-        for (name, base) in [("back to back", base_med), ("after 100 ms idle", paced_med)] {
-            let mut added: Vec<f64> = slow
-                .iter()
-                .map(|d| (d.as_secs_f64() - base.as_secs_f64()) * 1000.0)
-                .collect();
-            added.sort_by(f64::total_cmp);
+        let paced_med = quantile(&paced[1].1, 0.5);
+        for (name, base) in [
+            ("back to back, median", base_med),
+            ("after 100 ms idle, median", paced_med),
+        ] {
+            let added: Vec<f64> = slow.iter().map(|d| ms(*d) - ms(base) - 100.0).collect();
             let mean = added.iter().sum::<f64>() / added.len() as f64;
-            let p99 = added[((added.len() as f64) * 0.99).ceil() as usize - 1];
             println!(
-                "| {name} | {mean:.3} | {p99:.3} | {:.3} | {:.3} |",
+                "| {name} | {mean:+.3} | {:+.3} | {:+.3} | {:+.3} |",
+                quantile(&added, 0.99),
                 added[0],
                 added[added.len() - 1]
             );
         }
+        // What the toxic adds to each quantile of the path's own round trip at
+        // the same pace: the path's idle wake-up tail is not the toxic's.
+        let idle_fl = &paced[1].1;
+        let mean_of = |v: &[Duration]| v.iter().map(|d| ms(*d)).sum::<f64>() / v.len() as f64;
+        println!(
+            "\nWhat the toxic adds to the proxy's own after-idle round trip, quantile by quantile \
+             (toxic quantile - 100 ms - no-toxic quantile):\n\n\
+             | mean ms | p50 ms | p99 ms |\n|---:|---:|---:|\n| {:+.3} | {:+.3} | {:+.3} |",
+            mean_of(&slow) - 100.0 - mean_of(idle_fl),
+            ms(quantile(&slow, 0.5)) - 100.0 - ms(quantile(idle_fl, 0.5)),
+            ms(quantile(&slow, 0.99)) - 100.0 - ms(quantile(idle_fl, 0.99)),
+        );
+        // The tail is a handful of samples; show them rather than one number.
+        let worst = |v: &[Duration], minus: f64| {
+            let w: Vec<String> = v[v.len().saturating_sub(5)..]
+                .iter()
+                .map(|d| format!("{:.2}", ms(*d) - minus))
+                .collect();
+            w.join(" ")
+        };
+        println!(
+            "\nThe 5 slowest, ms: through the toxic (100 ms taken off) {}; no toxic after idle {}.",
+            worst(&slow, 100.0),
+            worst(idle_fl, 0.0)
+        );
 
         api(
             api_addr,
