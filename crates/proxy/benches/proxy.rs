@@ -525,6 +525,23 @@ async fn run() {
         println!(
             "\nCPU per request (client + echo server + proxy):\n\n| path | CPU us/request total | of which proxy |\n|---|---:|---:|\n{cpu_rows}"
         );
+        // One percentile can sit on either side of a two-mode distribution;
+        // the whole shape and the mean (connections / throughput) tell more.
+        const QS: [f64; 8] = [0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999];
+        let head: Vec<String> = QS.iter().map(|q| format!("p{}", q * 100.0)).collect();
+        println!(
+            "Latency distribution, us:\n\n| path | {} | mean |\n|---|{}---:|",
+            head.join(" | "),
+            "---:|".repeat(QS.len())
+        );
+        for (i, (name, _, _, _)) in targets.iter().enumerate() {
+            let h = &hists[i];
+            let cells: Vec<String> = QS
+                .iter()
+                .map(|q| format!("{:.0}", us(h, *q) * 1000.0))
+                .collect();
+            println!("| {name} | {} | {:.0} |", cells.join(" | "), h.mean());
+        }
     }
 
     if section("latency") {
