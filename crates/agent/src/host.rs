@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::journal::{EntryState, Journal, JournalError};
 use crate::manager::{Failure, Manager};
 
-/// Where a leftover was found.
+/// Where a fault was found: the journal, the host itself, or a live agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
