@@ -236,12 +236,6 @@ async fn rtt_samples_paced(addr: SocketAddr, n: usize, gap: Duration) -> Vec<Dur
     out
 }
 
-fn median(v: &[Duration]) -> Duration {
-    let mut v = v.to_vec();
-    v.sort();
-    v[v.len() / 2]
-}
-
 /// The nearest-rank quantile of sorted samples.
 fn quantile<T: Copy>(sorted: &[T], q: f64) -> T {
     let rank = ((sorted.len() as f64) * q).ceil() as usize;
@@ -364,8 +358,9 @@ fn start_haproxy(
     None
 }
 
+/// A quantile of a histogram recorded in microseconds.
 fn us(h: &Histogram<u64>, q: f64) -> f64 {
-    h.value_at_quantile(q) as f64 / 1000.0
+    h.value_at_quantile(q) as f64
 }
 
 async fn run() {
@@ -503,7 +498,7 @@ async fn run() {
         let mut cpu_rows = String::new();
         for (i, (name, _, _, _)) in targets.iter().enumerate() {
             let h = &hists[i];
-            let p50 = us(h, 0.5) * 1000.0;
+            let p50 = us(h, 0.5);
             if i == 0 {
                 direct_p50 = p50;
             }
@@ -511,8 +506,8 @@ async fn run() {
                 "| {name} | {} | {:.0} | {:.0} | {:.0} | {:.2}x |",
                 h.len(),
                 p50,
-                us(h, 0.99) * 1000.0,
-                us(h, 0.999) * 1000.0,
+                us(h, 0.99),
+                us(h, 0.999),
                 p50 / direct_p50
             );
             let n = h.len().max(1) as f64;
@@ -536,17 +531,16 @@ async fn run() {
         );
         for (i, (name, _, _, _)) in targets.iter().enumerate() {
             let h = &hists[i];
-            let cells: Vec<String> = QS
-                .iter()
-                .map(|q| format!("{:.0}", us(h, *q) * 1000.0))
-                .collect();
+            let cells: Vec<String> = QS.iter().map(|q| format!("{:.0}", us(h, *q))).collect();
             println!("| {name} | {} | {:.0} |", cells.join(" | "), h.mean());
         }
     }
 
     if section("latency") {
         // 100 ms latency toxic on the echo proxy's downstream: the added delay.
-        let base_med = median(&rtt_samples(fl_echo, 200).await);
+        let mut hot = rtt_samples(fl_echo, 200).await;
+        hot.sort();
+        let base_med = quantile(&hot, 0.5);
         // The same round trip after 100 ms idle, on every path: a 100 ms hold
         // leaves every hop idle, so each wakes from idle as here. Its quantiles
         // are the no-toxic distribution at the toxic's pace.
