@@ -93,6 +93,104 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Kernel counters an echo round moves: read before and after each round.
+#[derive(Clone, Default)]
+struct Cost {
+    /// Busy time of the whole machine (/proc/stat), ns.
+    machine_ns: u64,
+    /// TCP segments sent by the whole machine (/proc/net/snmp OutSegs).
+    segments: u64,
+    /// The proxy process's (user, system) clock ticks.
+    proxy_ticks: (u64, u64),
+    /// The proxy's voluntary and involuntary context switches, all threads.
+    proxy_switches: u64,
+}
+
+impl Cost {
+    fn now(pid: Option<u32>) -> Cost {
+        Cost {
+            machine_ns: machine_busy_ns(),
+            segments: tcp_out_segments(),
+            proxy_ticks: pid.map_or((0, 0), user_system_ticks),
+            proxy_switches: pid.map_or(0, context_switches),
+        }
+    }
+
+    fn add_since(&mut self, start: &Cost, pid: Option<u32>) {
+        let end = Cost::now(pid);
+        self.machine_ns += end.machine_ns.saturating_sub(start.machine_ns);
+        self.segments += end.segments.saturating_sub(start.segments);
+        self.proxy_ticks.0 += end.proxy_ticks.0.saturating_sub(start.proxy_ticks.0);
+        self.proxy_ticks.1 += end.proxy_ticks.1.saturating_sub(start.proxy_ticks.1);
+        self.proxy_switches += end.proxy_switches.saturating_sub(start.proxy_switches);
+    }
+}
+
+/// ns per clock tick of /proc/stat and /proc/PID/stat: USER_HZ, which the
+/// kernel fixes at 100 in its user ABI on x86 and arm64 whatever CONFIG_HZ is.
+const TICK_NS: u64 = 10_000_000;
+
+fn machine_busy_ns() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq: all but idle and iowait.
+    let busy: u64 = [0, 1, 2, 5, 6].iter().filter_map(|&i| f.get(i)).sum();
+    busy * TICK_NS
+}
+
+fn tcp_out_segments() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "OutSegs")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn user_system_ticks(pid: u32) -> (u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the line, the 12th and 13th after it.
+    let rest = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    match f[..] {
+        [u, s] => (u, s),
+        _ => (0, 0),
+    }
+}
+
+fn context_switches(pid: u32) -> u64 {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .flat_map(|s| {
+            s.lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -358,6 +456,22 @@ fn start_haproxy(
     None
 }
 
+/// bench/proxy/sockmap in front of `echo`: it prints its listen address once
+/// its BPF program is attached, or exits with the kernel's reason.
+fn start_sockmap(bin: &std::ffi::OsStr, echo: SocketAddr) -> Option<(KillOnDrop, SocketAddr)> {
+    let mut child = Command::new(bin)
+        .arg(echo.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| eprintln!("sockmap forwarder {bin:?}: {e}"))
+        .ok()?;
+    let out = child.stdout.take()?;
+    let guard = KillOnDrop(child);
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line).ok()?;
+    Some((guard, line.trim().parse().ok()?))
+}
+
 /// A quantile of a histogram recorded in microseconds.
 fn us(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64
@@ -479,16 +593,29 @@ async fn run() {
         println!(
             "| path | requests | p50 us | p99 us | p999 us | p50 ratio vs direct |\n|---|---:|---:|---:|---:|---:|"
         );
-        let mut hists: Vec<Histogram<u64>> = targets
+        let mut paths: Vec<(&str, SocketAddr, Option<u32>)> =
+            targets.iter().map(|(n, _, e, p)| (*n, *e, *p)).collect();
+        // FAULTLINE_BENCH_SOCKMAP_BIN (set by `FAULTLINE_BENCH_SOCKMAP=1
+        // bench/proxy/run.sh`) adds a kernel-side forwarder, bench/proxy/sockmap
+        // (needs root): the echo's cost when the proxy hop never enters user space.
+        let sockmap = std::env::var_os("FAULTLINE_BENCH_SOCKMAP_BIN")
+            .and_then(|bin| start_sockmap(&bin, echo));
+        if let Some((g, a)) = &sockmap {
+            paths.push(("BPF sockmap redirect (experiment)", *a, Some(g.0.id())));
+        }
+        let mut hists: Vec<Histogram<u64>> = paths
             .iter()
             .map(|_| Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap())
             .collect();
         let me = std::process::id();
-        let mut cpu: Vec<(u64, u64)> = vec![(0, 0); targets.len()];
+        let mut cpu: Vec<(u64, u64)> = vec![(0, 0); paths.len()];
+        let mut cost: Vec<Cost> = vec![Cost::default(); paths.len()];
         for _ in 0..ECHO_ROUNDS {
-            for (i, (_, _, e, pid)) in targets.iter().enumerate() {
+            for (i, (_, e, pid)) in paths.iter().enumerate() {
                 let (m0, p0) = (cpu_ns(me), pid.map_or(0, cpu_ns));
+                let c0 = Cost::now(*pid);
                 let h = echo_load(*e).await;
+                cost[i].add_since(&c0, *pid);
                 cpu[i].0 += cpu_ns(me) - m0;
                 cpu[i].1 += pid.map_or(0, cpu_ns) - p0;
                 hists[i].add(h).unwrap();
@@ -496,7 +623,8 @@ async fn run() {
         }
         let mut direct_p50 = 0.0;
         let mut cpu_rows = String::new();
-        for (i, (name, _, _, _)) in targets.iter().enumerate() {
+        let mut cost_rows = String::new();
+        for (i, (name, _, _)) in paths.iter().enumerate() {
             let h = &hists[i];
             let p50 = us(h, 0.5);
             if i == 0 {
@@ -516,9 +644,29 @@ async fn run() {
                 (cpu[i].0 + cpu[i].1) as f64 / 1e3 / n,
                 cpu[i].1 as f64 / 1e3 / n
             ));
+            let c = &cost[i];
+            let kernel = match c.proxy_ticks {
+                (0, 0) => "-".to_string(),
+                (u, k) => format!("{:.0}%", 100.0 * k as f64 / (u + k) as f64),
+            };
+            let switches = paths[i].2.map_or("-".to_string(), |_| {
+                format!("{:.3}", c.proxy_switches as f64 / n)
+            });
+            cost_rows.push_str(&format!(
+                "| {name} | {:.2} | {kernel} | {:.2} | {switches} |\n",
+                c.machine_ns as f64 / 1e3 / n,
+                c.segments as f64 / n,
+            ));
         }
         println!(
             "\nCPU per request (client + echo server + proxy):\n\n| path | CPU us/request total | of which proxy |\n|---|---:|---:|\n{cpu_rows}"
+        );
+        // What the proxy's CPU is spent on: the whole machine's busy time
+        // (kworkers and softirq included, which no process is charged for),
+        // the proxy's kernel share, TCP segments sent, and how often its
+        // threads slept or were preempted.
+        println!(
+            "Where the CPU goes, per request:\n\n| path | machine CPU us | proxy CPU in kernel | TCP segments sent | proxy context switches |\n|---|---:|---:|---:|---:|\n{cost_rows}"
         );
         // One percentile can sit on either side of a two-mode distribution;
         // the whole shape and the mean (connections / throughput) tell more.
@@ -529,7 +677,7 @@ async fn run() {
             head.join(" | "),
             "---:|".repeat(QS.len())
         );
-        for (i, (name, _, _, _)) in targets.iter().enumerate() {
+        for (i, (name, _, _)) in paths.iter().enumerate() {
             let h = &hists[i];
             let cells: Vec<String> = QS.iter().map(|q| format!("{:.0}", us(h, *q))).collect();
             println!("| {name} | {} | {:.0} |", cells.join(" | "), h.mean());
