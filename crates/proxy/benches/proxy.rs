@@ -176,19 +176,26 @@ fn user_system_ticks(pid: u32) -> (u64, u64) {
     }
 }
 
-fn context_switches(pid: u32) -> u64 {
+/// The sum over all threads of `pid` of what `read` takes from one file of
+/// /proc/PID/task/TID (a thread gone meanwhile counts nothing).
+fn per_thread_sum(pid: u32, file: &str, read: impl Fn(&str) -> u64) -> u64 {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return 0;
     };
     dir.filter_map(Result::ok)
-        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
-        .flat_map(|s| {
-            s.lines()
-                .filter(|l| l.contains("ctxt_switches:"))
-                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .collect::<Vec<_>>()
-        })
+        .filter_map(|t| std::fs::read_to_string(t.path().join(file)).ok())
+        .map(|s| read(&s))
         .sum()
+}
+
+/// Voluntary and involuntary context switches of all threads of `pid`.
+fn context_switches(pid: u32) -> u64 {
+    per_thread_sum(pid, "status", |s| {
+        s.lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum()
+    })
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -203,17 +210,12 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// CPU time (ns) used so far by all threads of `pid`, from schedstat.
 fn cpu_ns(pid: u32) -> u64 {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    dir.filter_map(Result::ok)
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| {
-            s.split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .sum()
+    per_thread_sum(pid, "schedstat", |s| {
+        s.split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    })
 }
 
 /// Reads everything until EOF, then answers one byte.
@@ -734,6 +736,8 @@ async fn run() {
             ("back to back, median", base_med),
             ("after 100 ms idle, median", paced_med),
         ] {
+            // `slow` is sorted, so `added` is too: its quantile, first and
+            // last below are the p99, min and max.
             let added: Vec<f64> = slow.iter().map(|d| ms(*d) - ms(base) - 100.0).collect();
             let mean = added.iter().sum::<f64>() / added.len() as f64;
             println!(
